@@ -1,0 +1,102 @@
+//! Types shared by the kernel-side programs and `cgacct-pin`.
+//!
+//! Everything here is `#[repr(C)]` and laid out identically on both sides:
+//! the programs write these values into BPF maps, the loader reads them back.
+#![no_std]
+
+/// Byte and packet counters for one key (a cgroup or an interface).
+///
+/// A byte is a network-layer byte: the IP header and everything after it,
+/// never the link-layer header. A GSO/GRO packet counts as `gso_segs`
+/// packets, and its bytes are those of the segments it stands for (the
+/// headers of every segment included), so the counts match what crosses the
+/// wire one IP packet at a time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self`, wrapping like the kernel's own counters.
+    #[inline(always)]
+    pub fn add(&mut self, other: &Counters) {
+        self.rx_bytes = self.rx_bytes.wrapping_add(other.rx_bytes);
+        self.rx_packets = self.rx_packets.wrapping_add(other.rx_packets);
+        self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
+        self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
+    }
+}
+
+/// What a cgroup iterator gathers while it walks one stats file's subtree.
+/// Lives in [`maps::ITER_SCRATCH`] for the duration of one read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IterAcc {
+    /// Id of the cgroup the stats file belongs to (the first one walked).
+    pub cgroup_id: u64,
+    /// Number of cgroups walked: the cgroup itself and its descendants.
+    pub cgroups: u64,
+    /// The cgroup's own counts from the cgroup_skb hooks.
+    pub own: Counters,
+    /// Subtree counts from the cgroup_skb hooks.
+    pub subtree: Counters,
+    /// The cgroup's own counts from the TC hooks.
+    pub own_tc: Counters,
+    /// Subtree counts from the TC hooks.
+    pub subtree_tc: Counters,
+}
+
+/// Cgroup id under which TC counts traffic whose skb has no socket.
+pub const UNATTRIBUTED_CGROUP: u64 = 0;
+
+/// Names of the maps in the BPF object, as the loader finds and pins them.
+pub mod maps {
+    /// Per-CPU hash: cgroup id (`u64`) -> [`crate::Counters`], from the
+    /// cgroup_skb programs (rx = ingress, tx = egress).
+    pub const CGROUP_STATS: &str = "CGROUP_STATS";
+    /// Per-CPU hash: cgroup id (`u64`) of the skb's socket -> [`crate::Counters`],
+    /// from the TC programs (rx = TC ingress, tx = TC egress). Key
+    /// [`crate::UNATTRIBUTED_CGROUP`] holds traffic without a socket.
+    pub const TC_CGROUP_STATS: &str = "TC_CGROUP_STATS";
+    /// Per-CPU hash: ifindex (`u32`) -> [`crate::Counters`], from the TC
+    /// programs (rx = TC ingress, tx = TC egress).
+    pub const IFACE_STATS: &str = "IFACE_STATS";
+    /// LRU hash: iterator session id (`u64`) -> [`crate::IterAcc`].
+    pub const ITER_SCRATCH: &str = "ITER_SCRATCH";
+    /// Every map, in the order the loader pins them.
+    pub const ALL: [&str; 4] = [CGROUP_STATS, TC_CGROUP_STATS, IFACE_STATS, ITER_SCRATCH];
+}
+
+/// Names of the programs in the BPF object.
+pub mod programs {
+    pub const CGROUP_INGRESS: &str = "cgacct_cg_ingress";
+    pub const CGROUP_EGRESS: &str = "cgacct_cg_egress";
+    pub const TC_INGRESS: &str = "cgacct_tc_ingress";
+    pub const TC_EGRESS: &str = "cgacct_tc_egress";
+    pub const CGROUP_ITER: &str = "cgacct_net_stat";
+}
+
+/// Read-only globals the loader sets before the object is loaded.
+pub mod globals {
+    /// Number of possible CPUs (`u32`): how many per-CPU slots to sum.
+    pub const NR_CPUS: &str = "NR_CPUS";
+    /// `offsetof(struct cgroup, kn)` on the running kernel (`u32`).
+    pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+    /// `offsetof(struct kernfs_node, id)` on the running kernel (`u32`).
+    pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+}
+
+/// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.
+pub const MAX_CPUS: u32 = 1024;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IterAcc {}
+}

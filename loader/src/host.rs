@@ -1,0 +1,137 @@
+//! What the host has: the cgroup2 and bpffs mounts, network interfaces and
+//! the cgroup tree. Discovered every time, never assumed.
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mount point of cgroup v2, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    mounts_of_type(&info, "cgroup2").into_iter().next().with_context(|| {
+        "no cgroup2 mount found in /proc/self/mountinfo: cgacct needs cgroup v2 \
+         (mount it with `mount -t cgroup2 none /sys/fs/cgroup`, or boot with \
+         systemd.unified_cgroup_hierarchy=1)"
+            .to_string()
+    })
+}
+
+/// Mount points of filesystems of type `fstype` in mountinfo text.
+pub fn mounts_of_type(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Fails unless `path`'s nearest existing ancestor is on bpffs.
+pub fn check_on_bpffs(path: &Path) -> Result<()> {
+    let mut probe = path;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C string and an out-parameter of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("statfs {}: {}", probe.display(), std::io::Error::last_os_error());
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF filesystem (bpffs): set `root` in the layout to a path under \
+             a bpffs mount such as /sys/fs/bpf, or mount one with `mount -t bpf bpf /sys/fs/bpf`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A network interface of this network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+pub fn interfaces() -> Result<Vec<Interface>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(idx) = fs::read_to_string(entry.path().join("ifindex")) else {
+            continue; // vanished while listing
+        };
+        if let Ok(ifindex) = idx.trim().parse() {
+            out.push(Interface { name, ifindex });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// A cgroup: its path below the cgroup2 mount ("" for the root) and its id
+/// (the inode number of its directory, what `bpf_skb_cgroup_id` returns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: String,
+    pub id: u64,
+}
+
+impl Cgroup {
+    /// The path as operators write it: "/" for the root, "/a/b" below.
+    pub fn display(&self) -> String {
+        format!("/{}", self.path)
+    }
+}
+
+/// Every cgroup below `mount`, root first, parents before children.
+pub fn cgroups(mount: &Path) -> Result<Vec<Cgroup>> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(mount).sort_by_file_name() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => continue,
+            Err(e) => return Err(e).context(format!("walking the cgroup tree at {}", mount.display())),
+        };
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(mount).unwrap_or(entry.path());
+        let Ok(meta) = entry.metadata() else { continue };
+        out.push(Cgroup { path: rel.to_string_lossy().into_owned(), id: meta.ino() });
+    }
+    Ok(out)
+}
+
+/// id -> path ("/a/b") of every cgroup, for naming counters.
+pub fn cgroup_names(mount: &Path) -> Result<BTreeMap<u64, String>> {
+    Ok(cgroups(mount)?.into_iter().map(|c| (c.id, c.display())).collect())
+}

@@ -1,0 +1,67 @@
+//! Facts about the running kernel that the programs need at load time:
+//! struct offsets from its BTF (Rust BPF programs get no CO-RE relocations,
+//! so nothing about kernel layout is baked in at build time) and the CPU count.
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Offsets the cgroup iterator uses to read `cgroup->kn->id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+pub fn offsets() -> Result<Offsets> {
+    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
+        format!("cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    })?;
+    Ok(Offsets {
+        cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
+        kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
+    })
+}
+
+/// Byte offset of `strukt.member`, looking into anonymous structs and unions.
+fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
+    for ty in btf.resolve_types_by_name(strukt)? {
+        if let Type::Struct(s) = ty {
+            if let Some(bits) = find_member(btf, &s, member)? {
+                return Ok(bits / 8);
+            }
+        }
+    }
+    Err(anyhow!("kernel BTF has no member {member} in struct {strukt}: this kernel is not supported"))
+}
+
+fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Ok(Some(m.bit_offset()));
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(m)? {
+                Type::Struct(x) | Type::Union(x) => x,
+                _ => continue,
+            };
+            if let Some(off) = find_member(btf, &inner, member)? {
+                return Ok(Some(m.bit_offset() + off));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Number of possible CPUs: how many per-CPU slots each map value has.
+pub fn nr_cpus() -> Result<u32> {
+    let n = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+    if n > cgacct_common::MAX_CPUS {
+        bail!(
+            "this host has {n} possible CPUs; cgacct's iterator sums at most {}",
+            cgacct_common::MAX_CPUS
+        );
+    }
+    Ok(n)
+}

@@ -1,0 +1,158 @@
+//! The layout file: parsed with serde (unknown keys are errors), then
+//! validated into a [`Layout`] that the planner can trust.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+
+use crate::select::{CgroupPattern, NamePattern};
+
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/cgacct";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "default_root")]
+    root: PathBuf,
+    #[serde(default)]
+    maps: MapSizes,
+    #[serde(default)]
+    tc: TcSection,
+    #[serde(default)]
+    cgroup_skb: CgroupSkbSection,
+    #[serde(default)]
+    stats: StatsSection,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from(DEFAULT_ROOT)
+}
+
+/// `max_entries` of the shared maps.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapSizes {
+    /// Cgroups with counters (CGROUP_STATS and TC_CGROUP_STATS).
+    pub cgroups: u32,
+    /// Interfaces with counters (IFACE_STATS).
+    pub interfaces: u32,
+    /// Stats-file reads in flight at once (ITER_SCRATCH).
+    pub readers: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes { cgroups: 16384, interfaces: 4096, readers: 1024 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcSection {
+    #[serde(default)]
+    interfaces: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CgroupSkbSection {
+    #[serde(default)]
+    attach: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsSection {
+    #[serde(default)]
+    cgroups: Vec<String>,
+}
+
+/// A layout that passed validation.
+#[derive(Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub maps: MapSizes,
+    /// Interfaces (this network namespace) that get the TC programs.
+    pub tc_interfaces: Vec<NamePattern>,
+    /// Cgroups where the cgroup_skb programs are attached.
+    pub cgroup_skb_attach: Vec<CgroupPattern>,
+    /// Cgroups that get a `net.stat` file.
+    pub stats_cgroups: Vec<CgroupPattern>,
+}
+
+impl Layout {
+    pub fn from_path(path: &Path) -> Result<Layout> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read layout file {}", path.display()))?;
+        Layout::parse(&text).with_context(|| format!("invalid layout file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Layout> {
+        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !file.root.is_absolute() {
+            bail!("root = {:?} must be an absolute path on bpffs, e.g. {DEFAULT_ROOT:?}", file.root);
+        }
+        for (key, v) in [
+            ("maps.cgroups", file.maps.cgroups),
+            ("maps.interfaces", file.maps.interfaces),
+            ("maps.readers", file.maps.readers),
+        ] {
+            if v == 0 || v > 1 << 24 {
+                bail!("{key} = {v} is out of range: use a number from 1 to {}", 1 << 24);
+            }
+        }
+        let tc_interfaces = file
+            .tc
+            .interfaces
+            .iter()
+            .map(|p| NamePattern::parse(p).with_context(|| format!("in tc.interfaces: {p:?}")))
+            .collect::<Result<_>>()?;
+        let cgroups = |key: &str, list: &[String]| -> Result<Vec<CgroupPattern>> {
+            list.iter()
+                .map(|p| CgroupPattern::parse(p).with_context(|| format!("in {key}: {p:?}")))
+                .collect()
+        };
+        Ok(Layout {
+            root: file.root,
+            maps: file.maps,
+            tc_interfaces,
+            cgroup_skb_attach: cgroups("cgroup_skb.attach", &file.cgroup_skb.attach)?,
+            stats_cgroups: cgroups("stats.cgroups", &file.stats.cgroups)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        let l = Layout::parse("").unwrap();
+        assert_eq!(l.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(l.maps, MapSizes::default());
+        let l = Layout::parse(
+            "root = \"/sys/fs/bpf/x\"\n[maps]\ncgroups = 10\n[tc]\ninterfaces = [\"veth*\"]\n\
+             [cgroup_skb]\nattach = [\"/\"]\n[stats]\ncgroups = [\"/a/**\"]\n",
+        )
+        .unwrap();
+        assert_eq!(l.maps.cgroups, 10);
+        assert_eq!(l.maps.interfaces, 4096);
+        assert_eq!(l.tc_interfaces.len(), 1);
+        assert_eq!(l.stats_cgroups.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = format!("{:#}", Layout::parse("rooot = \"/x\"").unwrap_err());
+        assert!(e.contains("unknown field `rooot`"), "{e}");
+        let e = format!("{:#}", Layout::parse("root = \"rel\"").unwrap_err());
+        assert!(e.contains("absolute"), "{e}");
+        let e = format!("{:#}", Layout::parse("[maps]\ncgroups = 0").unwrap_err());
+        assert!(e.contains("maps.cgroups"), "{e}");
+        let e = format!("{:#}", Layout::parse("[stats]\ncgroups = [\"a\"]").unwrap_err());
+        assert!(e.contains("stats.cgroups"), "{e}");
+        let e = format!("{:#}", Layout::parse("[tc]\ninterfaces = \"veth*\"").unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

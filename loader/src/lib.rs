@@ -1,0 +1,18 @@
+//! `cgacct-pin`: loads cgacct's BPF programs once, pins them and the shared
+//! maps on bpffs as a layout file says, attaches them by reference, and pins
+//! one cgroup iterator per cgroup as a readable `net.stat` file.
+//!
+//! The data flows one way, one module per step:
+//! [`layout`] (file -> validated layout, with [`select`] patterns) ->
+//! [`plan`] (what the kernel should hold vs what it holds, found through
+//! [`host`] and [`names`]) -> [`apply`] (kernel operations, with [`kernel`]
+//! facts and the raw calls of [`sys`]) -> [`read`] (maps and text).
+pub mod apply;
+pub mod host;
+pub mod kernel;
+pub mod layout;
+pub mod names;
+pub mod plan;
+pub mod read;
+pub mod select;
+pub mod sys;

@@ -1,0 +1,219 @@
+//! `cgacct-pin`: per-cgroup network accounting pinned on bpffs.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use cgacct_pin::{
+    apply::{self, Context},
+    host,
+    layout::{Layout, DEFAULT_ROOT},
+    names::Pins,
+    plan, read,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cgacct-pin",
+    version,
+    about = "Per-cgroup network accounting with BPF, pinned on bpffs and readable with cat",
+    long_about = "Loads cgacct's BPF programs once, pins them and their shared maps under a root \
+on bpffs as a layout file says, attaches them by reference to interfaces and cgroups, and pins \
+one cgroup iterator per cgroup so that `cat <root>/<cgroup path>/net.stat` prints that cgroup's \
+counters, computed at every read. Everything keeps counting after cgacct-pin exits.",
+    after_help = "Example:\n  cgacct-pin apply pin-layout.toml\n  cat /sys/fs/bpf/cgacct/system.slice/net.stat\n  cgacct-pin status\n  cgacct-pin destroy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the kernel to the layout: load and pin programs and maps,
+    /// attach, pin stats files; remove what the layout no longer wants.
+    #[command(after_help = "Example:\n  cgacct-pin apply pin-layout.toml\n  cgacct-pin apply --dry-run pin-layout.toml\n\n\
+Running apply again reuses the pinned maps (counters are kept) and adds no attachment that exists.")]
+    Apply {
+        /// The layout file (TOML), e.g. pin-layout.toml.
+        layout: PathBuf,
+        /// Override the layout's root on bpffs.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print the actions without changing anything (same as `plan`).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the actions `apply` would take, changing nothing.
+    #[command(after_help = "Example:\n  cgacct-pin plan pin-layout.toml\n  cgacct-pin plan --json pin-layout.toml | jq .")]
+    Plan {
+        layout: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what is pinned and attached, and the counters of every cgroup.
+    #[command(after_help = "Example:\n  cgacct-pin status\n  cgacct-pin status --json --root /sys/fs/bpf/cgacct")]
+    Status {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every pin and link cgacct made under the root: programs
+    /// detach and are freed with their maps. Counters are lost.
+    #[command(after_help = "Example:\n  cgacct-pin destroy pin-layout.toml\n  cgacct-pin destroy --root /sys/fs/bpf/cgacct")]
+    Destroy {
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cgacct-pin: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_layout(path: &PathBuf, root: Option<PathBuf>) -> Result<Layout> {
+    let mut layout = Layout::from_path(path)?;
+    if let Some(root) = root {
+        layout.root = root;
+    }
+    Ok(layout)
+}
+
+fn root_of(layout: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf> {
+    match (root, layout) {
+        (Some(r), _) => Ok(r),
+        (None, Some(l)) => Ok(Layout::from_path(&l)?.root),
+        (None, None) => Ok(PathBuf::from(DEFAULT_ROOT)),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Apply { layout, root, dry_run } => {
+            let layout = load_layout(&layout, root)?;
+            let ctx = Context::discover(&layout, !dry_run)?;
+            let actions = ctx.plan(&layout)?;
+            if dry_run {
+                print_plan(&actions);
+                return Ok(());
+            }
+            if actions.is_empty() {
+                println!("nothing to do: {} matches the layout", layout.root.display());
+            }
+            if !ctx.pins.dots {
+                println!("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
+            }
+            apply::execute(&layout, &ctx, &actions, |a| println!("{a}"))
+        }
+        Command::Plan { layout, root, json } => {
+            let layout = load_layout(&layout, root)?;
+            let ctx = Context::discover(&layout, false)?;
+            let actions = ctx.plan(&layout)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&actions)?);
+            } else {
+                print_plan(&actions);
+            }
+            Ok(())
+        }
+        Command::Status { layout, root, json } => status(&root_of(layout, root)?, json),
+        Command::Destroy { layout, root } => {
+            let root = root_of(layout, root)?;
+            host::check_on_bpffs(&root)?;
+            let dots = root.is_dir() && cgacct_pin::names::probe_dots(&root)?;
+            let (removed, left) = apply::destroy(&Pins::new(&root, dots))?;
+            for p in &removed {
+                println!("unpinned {}", p.display());
+            }
+            if left.is_empty() {
+                println!("{} removed ({} pins)", root.display(), removed.len());
+                Ok(())
+            } else {
+                for p in &left {
+                    eprintln!("left in place (not made by cgacct): {}", p.display());
+                }
+                anyhow::bail!("{} still holds entries cgacct did not make", root.display())
+            }
+        }
+    }
+}
+
+fn print_plan(actions: &[plan::Action]) {
+    if actions.is_empty() {
+        println!("nothing to do");
+    }
+    for a in actions {
+        println!("would {a}");
+    }
+}
+
+fn status(root: &PathBuf, json: bool) -> Result<()> {
+    if !root.is_dir() {
+        anyhow::bail!("{} does not exist: nothing is applied there (run `cgacct-pin apply LAYOUT`)", root.display());
+    }
+    let dots = cgacct_pin::names::probe_dots(root)?;
+    let pins = Pins::new(root, dots);
+    let names = host::cgroup_names(&host::cgroup2_mount()?)?;
+    let ifnames: std::collections::BTreeMap<u32, String> =
+        host::interfaces()?.into_iter().map(|i| (i.ifindex, i.name)).collect();
+    let snap = read::snapshot(&pins).context("reading the pinned maps")?;
+    let programs: Vec<_> = plan::PROGRAMS.iter().map(|p| (p, pins.prog(p).exists())).collect();
+    let tc = plan::two_level_pins(&pins.tc_links())?;
+    let cg = plan::two_level_pins(&pins.cgroup_links())?;
+    let stats = plan::stats_files(&pins)?;
+    let cg_name = |id: &u64| match *id {
+        0 => "(no socket)".to_string(),
+        id => names.get(&id).cloned().unwrap_or_else(|| format!("(removed cgroup {id})")),
+    };
+    if json {
+        let counters = |c: &cgacct_common::Counters| {
+            serde_json::json!({"rx_bytes": c.rx_bytes, "rx_packets": c.rx_packets,
+                               "tx_bytes": c.tx_bytes, "tx_packets": c.tx_packets})
+        };
+        let v = serde_json::json!({
+            "root": root,
+            "programs": programs.iter().map(|(p, ok)| serde_json::json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
+            "tc_links": tc, "cgroup_links": cg, "stats_files": stats,
+            "cgroups": snap.cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
+            "tc_cgroups": snap.tc_cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
+            "interfaces": snap.interfaces.iter().map(|(i, c)| serde_json::json!({"ifindex": i, "name": ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("root {}", root.display());
+    for (p, ok) in &programs {
+        println!("program {p} {}", if *ok { "pinned" } else { "MISSING" });
+    }
+    for l in tc.iter().chain(&cg) {
+        println!("link {}", l.display());
+    }
+    println!("stats files: {}", stats.len());
+    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup (cgroup_skb)", "id", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts");
+    for (id, c) in &snap.cgroups {
+        println!("{id:<10} {:>14} {:>10} {:>14} {:>10}  {}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets, cg_name(id));
+    }
+    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup of socket (tc)", "id", "in_bytes", "in_pkts", "out_bytes", "out_pkts");
+    for (id, c) in &snap.tc_cgroups {
+        println!("{id:<10} {:>14} {:>10} {:>14} {:>10}  {}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets, cg_name(id));
+    }
+    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  interface (tc)", "ifindex", "in_bytes", "in_pkts", "out_bytes", "out_pkts");
+    for (i, c) in &snap.interfaces {
+        let name = ifnames.get(i).map_or("(gone)", |s| s.as_str());
+        println!("{i:<10} {:>14} {:>10} {:>14} {:>10}  {name}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets);
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! cgacct's kernel-side programs: one module per program type, all sharing
+//! the maps in [`maps`].
+//!
+//! - [`cgroup_skb`]: ingress/egress per socket cgroup, attached at a cgroup
+//!   (usually a subtree root).
+//! - [`tc`]: ingress/egress classifiers for (host-side) veths, per socket
+//!   cgroup and per interface.
+//! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
+//!   flat `key value` text when its pinned link is read.
+#![no_std]
+#![no_main]
+
+mod account;
+mod cgroup_iter;
+mod cgroup_skb;
+mod maps;
+mod tc;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: the iterator needs the GPL-only `bpf_seq_printf`.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,24 @@
+//! The maps every program of one load shares. They are BTF maps, so
+//! `bpftool map dump` prints named fields. `max_entries` here are defaults:
+//! the loader sets the real sizes from the layout before loading.
+use aya_ebpf::{
+    btf_maps::{LruHashMap, PerCpuHashMap},
+    macros::btf_map,
+};
+use cgacct_common::{Counters, IterAcc};
+
+/// cgroup id -> counters from the cgroup_skb hooks.
+#[btf_map]
+pub static CGROUP_STATS: PerCpuHashMap<u64, Counters, 16384> = PerCpuHashMap::new();
+
+/// socket cgroup id (0: no socket) -> counters from the TC hooks.
+#[btf_map]
+pub static TC_CGROUP_STATS: PerCpuHashMap<u64, Counters, 16384> = PerCpuHashMap::new();
+
+/// ifindex -> counters from the TC hooks.
+#[btf_map]
+pub static IFACE_STATS: PerCpuHashMap<u32, Counters, 4096> = PerCpuHashMap::new();
+
+/// iterator session id -> running sums of one read of a stats file.
+#[btf_map]
+pub static ITER_SCRATCH: LruHashMap<u64, IterAcc, 1024> = LruHashMap::new();

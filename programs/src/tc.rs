@@ -1,0 +1,41 @@
+//! TC classifiers for veths (TCX links, or clsact filters on old kernels):
+//! count per cgroup of the skb's socket and per interface.
+//!
+//! Traffic without a socket (forwarded, or made by the kernel) is counted
+//! under cgroup id 0, the unattributed bucket: never dropped from totals.
+use aya_ebpf::{
+    helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext,
+};
+
+use crate::{
+    account::{add, measure, Direction},
+    maps::{IFACE_STATS, TC_CGROUP_STATS},
+};
+
+/// `TC_ACT_UNSPEC` / `TCX_NEXT`: let the next program or the default
+/// action decide; accounting never ends the chain.
+const NEXT: i32 = -1;
+/// Ethernet header length: veths are Ethernet devices.
+const ETH_HLEN: u32 = 14;
+
+#[classifier]
+pub fn cgacct_tc_ingress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Rx);
+    NEXT
+}
+
+#[classifier]
+pub fn cgacct_tc_egress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Tx);
+    NEXT
+}
+
+#[inline(always)]
+fn count(ctx: &TcContext, dir: Direction) {
+    let skb = ctx.skb.skb;
+    // SAFETY: helper call and field read on the program's context.
+    let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
+    let (bytes, packets) = measure(skb, ETH_HLEN);
+    add(&TC_CGROUP_STATS, &cgroup_id, dir, bytes, packets);
+    add(&IFACE_STATS, &ifindex, dir, bytes, packets);
+}
