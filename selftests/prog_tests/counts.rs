@@ -1,0 +1,119 @@
+//! Exact packet and byte counts from real traffic, read three ways: `cat`
+//! of `net.stat`, the pinned maps through the library, and `bpftool map
+//! dump -j`.
+use std::{collections::BTreeMap, process::Command};
+
+use cgacct_common::Counters;
+use cgacct_pin::{names::Pins, read};
+
+use crate::{require_kernel, world::World};
+
+const N4: u64 = 37;
+const P4: u64 = 200; // IPv4 datagram: 20 IP + 8 UDP + payload
+const N6: u64 = 23;
+const P6: u64 = 1000; // IPv6 datagram: 40 IP + 8 UDP + payload
+
+/// Per-CPU values summed, as bpftool prints them with BTF.
+fn bpftool_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
+    let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(path).arg("-j").output().expect("bpftool");
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut totals = BTreeMap::new();
+    for entry in v.as_array().expect("array") {
+        let f = &entry["formatted"];
+        let key = f["key"].as_u64().expect("formatted key: the map must carry BTF");
+        let mut c = Counters::default();
+        for cpu in f["values"].as_array().expect("values") {
+            let val = &cpu["value"];
+            let get = |k: &str| val[k].as_u64().expect("named field");
+            c.add(&Counters {
+                rx_bytes: get("rx_bytes"),
+                rx_packets: get("rx_packets"),
+                tx_bytes: get("tx_bytes"),
+                tx_packets: get("tx_packets"),
+            });
+        }
+        totals.insert(key, c);
+    }
+    totals
+}
+
+#[test]
+fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
+    require_kernel!();
+    let w = World::new(&["web.slice", "web.slice/v4.scope", "web.slice/v6.scope", "idle.scope"]);
+    w.write_layout();
+    w.apply();
+    // cgacct-pin has exited: everything below counts through pinned links.
+    w.send_udp("web.slice/v4.scope", false, N4 as u32, P4 as usize);
+    w.send_udp("web.slice/v6.scope", true, N6 as u32, P6 as usize);
+
+    let v4 = Counters { tx_bytes: N4 * (P4 + 28), tx_packets: N4, ..Default::default() };
+    let v6 = Counters { tx_bytes: N6 * (P6 + 48), tx_packets: N6, ..Default::default() };
+
+    // 1. cat net.stat
+    let s4 = w.stat("web.slice/v4.scope");
+    let s6 = w.stat("web.slice/v6.scope");
+    for (s, c, id) in [(&s4, &v4, w.cgroup_id("web.slice/v4.scope")), (&s6, &v6, w.cgroup_id("web.slice/v6.scope"))] {
+        assert_eq!(s["cgroup_id"], id);
+        assert_eq!(s["subtree_cgroups"], 1);
+        assert_eq!(s["self_tx_packets"], c.tx_packets, "{s:?}");
+        assert_eq!(s["self_tx_bytes"], c.tx_bytes, "{s:?}");
+        assert_eq!(s["self_rx_packets"], 0, "{s:?}");
+        assert_eq!(s["tx_bytes"], c.tx_bytes, "{s:?}");
+        // The datagrams leave through our host veth: TC egress, same socket cgroup.
+        assert_eq!(s["self_tc_egress_packets"], c.tx_packets, "{s:?}");
+        assert_eq!(s["self_tc_egress_bytes"], c.tx_bytes, "{s:?}");
+        assert_eq!(s["self_tc_ingress_packets"], 0, "{s:?}");
+    }
+    // Subtree totals: the parent's file is the sum of its children.
+    let parent = w.stat("web.slice");
+    assert_eq!(parent["subtree_cgroups"], 3);
+    assert_eq!(parent["self_tx_packets"], 0);
+    for key in ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "tc_egress_bytes", "tc_egress_packets"] {
+        assert_eq!(parent[key], s4[key] + s6[key], "{key}: {parent:?}");
+    }
+    assert_eq!(parent["tx_packets"], N4 + N6);
+    let top = w.stat("");
+    assert_eq!(top["subtree_cgroups"], 5);
+    assert_eq!(top["tx_bytes"], v4.tx_bytes + v6.tx_bytes);
+    let idle = w.stat("idle.scope");
+    assert_eq!((idle["tx_packets"], idle["rx_packets"]), (0, 0));
+
+    // 2. the pinned maps through the library
+    let pins = Pins::new(&w.root, true);
+    let snap = read::snapshot(&pins).expect("snapshot");
+    assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v4.scope")], v4);
+    assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v6.scope")], v6);
+    let tc4 = Counters { rx_bytes: 0, rx_packets: 0, tx_bytes: v4.tx_bytes, tx_packets: N4 };
+    assert_eq!(snap.tc_cgroups[&w.cgroup_id("web.slice/v4.scope")], tc4);
+    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", w.host_if))
+        .expect("ifindex")
+        .trim()
+        .parse()
+        .expect("number");
+    let iface = snap.interfaces[&ifindex];
+    // The interface also carries ARP/ND; our datagrams are a lower bound.
+    assert!(iface.tx_packets >= N4 + N6, "{iface:?}");
+    assert!(iface.tx_bytes >= v4.tx_bytes + v6.tx_bytes, "{iface:?}");
+
+    // 3. bpftool
+    let dumped = bpftool_totals(&pins.map("CGROUP_STATS"));
+    assert_eq!(dumped[&w.cgroup_id("web.slice/v4.scope")], v4);
+    assert_eq!(dumped[&w.cgroup_id("web.slice/v6.scope")], v6);
+}
+
+#[test]
+fn reads_are_live() {
+    require_kernel!();
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    assert_eq!(w.stat("a.scope")["tx_packets"], 0);
+    w.send_udp("a.scope", false, 5, 64);
+    assert_eq!(w.stat("a.scope")["tx_packets"], 5);
+    w.send_udp("a.scope", false, 7, 64);
+    let s = w.stat("a.scope");
+    assert_eq!(s["tx_packets"], 12);
+    assert_eq!(s["tx_bytes"], 12 * (64 + 28));
+}

@@ -1,0 +1,77 @@
+//! Re-apply keeps counters and adds no attachment; destroy leaves nothing.
+use std::process::Command;
+
+use crate::{require_kernel, world::World};
+
+/// Number of programs on `iface`'s TCX hooks, both directions.
+fn tcx_programs(iface: &str) -> usize {
+    let mut n = 0;
+    for kind in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(iface, kind).expect("query tcx");
+        n += progs.len();
+    }
+    n
+}
+
+fn cgroup_attachments(w: &World) -> usize {
+    let dir = w.cgroup_mount.join(w.cgroup(""));
+    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(&dir).arg("-j").output().expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
+    v.as_array().map_or(0, |a| a.len())
+}
+
+fn our_program_ids(w: &World) -> Vec<u32> {
+    cgacct_pin::plan::PROGRAMS
+        .iter()
+        .map(|p| aya::programs::ProgramInfo::from_pin(w.root.join("progs").join(p)).expect("pinned program").id())
+        .collect()
+}
+
+#[test]
+fn reapply_keeps_counters_and_adds_no_attachment() {
+    require_kernel!();
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    assert_eq!(tcx_programs(&w.host_if), 2);
+    assert_eq!(cgroup_attachments(&w), 2);
+    w.send_udp("a.scope", false, 9, 100);
+    let before = w.stat("a.scope");
+    let ids = our_program_ids(&w);
+
+    let out = w.apply();
+    assert!(out.contains("nothing to do"), "second apply changed something:\n{out}");
+    assert_eq!(tcx_programs(&w.host_if), 2);
+    assert_eq!(cgroup_attachments(&w), 2);
+    assert_eq!(our_program_ids(&w), ids, "programs were reloaded");
+    assert_eq!(w.stat("a.scope"), before);
+    w.send_udp("a.scope", false, 1, 100);
+    assert_eq!(w.stat("a.scope")["tx_packets"], 10);
+}
+
+#[test]
+fn destroy_leaves_the_kernel_clean() {
+    require_kernel!();
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    let ids = our_program_ids(&w);
+    w.cgacct(&["destroy", "--root", w.root.to_str().expect("utf-8")]);
+    assert!(!w.root.exists());
+    assert_eq!(tcx_programs(&w.host_if), 0);
+    assert_eq!(cgroup_attachments(&w), 0);
+    // Programs are freed after an RCU grace period: wait up to 5 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let live: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "programs {live:?} still loaded after destroy");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

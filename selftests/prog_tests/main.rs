@@ -1,0 +1,9 @@
+//! Kernel selftests: each test builds its own world (netns, veths, cgroups,
+//! a layout root on bpffs), sends known traffic, and asserts exact counts.
+//! Run as root: `cargo test` (see README). Without root or BPF they skip and
+//! say why; with CGACCT_REQUIRE_KERNEL=1 they fail instead.
+#[path = "../world.rs"]
+mod world;
+
+mod counts;
+mod lifecycle;

@@ -1,0 +1,220 @@
+//! A test's own world: a network namespace with a veth pair, a cgroup
+//! subtree, a layout root on bpffs, all named with a unique prefix and all
+//! removed when the `World` is dropped, panics included.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use cgacct_pin::host;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cgacct-pin");
+
+/// Why the kernel tests cannot run here, if they cannot.
+pub fn missing_privilege() -> Option<String> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: the selftests create netns, veths, cgroups and BPF pins".into());
+    }
+    if host::cgroup2_mount().is_err() {
+        return Some("no cgroup2 mount".into());
+    }
+    if host::check_on_bpffs(Path::new("/sys/fs/bpf")).is_err() {
+        return Some("/sys/fs/bpf is not bpffs (run scripts/setup.sh)".into());
+    }
+    None
+}
+
+/// Skips the test loudly when it cannot run; fails instead when
+/// CGACCT_REQUIRE_KERNEL=1 (as CI sets it), so a skip never hides there.
+#[macro_export]
+macro_rules! require_kernel {
+    () => {
+        if let Some(why) = $crate::world::missing_privilege() {
+            if std::env::var("CGACCT_REQUIRE_KERNEL").as_deref() == Ok("1") {
+                panic!("CGACCT_REQUIRE_KERNEL=1 but the kernel tests cannot run: {why}");
+            }
+            eprintln!("SKIPPED {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn sh(script: &str) -> Output {
+    run(Command::new("sh").arg("-euc").arg(script))
+}
+
+pub struct World {
+    pub prefix: String,
+    pub netns: String,
+    pub host_if: String,
+    pub n: u32,
+    pub cgroup_mount: PathBuf,
+    /// Our cgroup subtree, relative to the cgroup2 mount.
+    pub cgroup_root: String,
+    pub root: PathBuf,
+    pub layout: PathBuf,
+    cgroups: Vec<String>,
+}
+
+impl World {
+    /// Creates the netns, veth pair and addresses. `cgroups` are paths
+    /// below our subtree root, parents first (e.g. "web.slice", "web.slice/a.scope").
+    pub fn new(cgroups: &[&str]) -> World {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("cgt{}x{n}", std::process::id() % 100_000);
+        let mount = host::cgroup2_mount().expect("cgroup2 mount");
+        let mut w = World {
+            netns: format!("{prefix}-ns"),
+            host_if: format!("{prefix}h"),
+            n,
+            cgroup_root: prefix.clone(),
+            root: PathBuf::from("/sys/fs/bpf").join(&prefix),
+            layout: std::env::temp_dir().join(format!("{prefix}.toml")),
+            cgroup_mount: mount,
+            prefix,
+            cgroups: Vec::new(),
+        };
+        let (ns, h, p, net) = (&w.netns, &w.host_if, format!("{}p", w.prefix), 200 + n % 50);
+        let me = std::process::id();
+        sh(&format!(
+            "ip netns add {ns}
+             ip link add {h} type veth peer name {p}
+             ip link set {p} netns {ns}
+             ip addr add 10.214.{net}.1/30 dev {h}
+             ip -6 addr add fd00:214:{net}::1/64 dev {h} nodad
+             ip link set {h} up
+             ip -n {ns} addr add 10.214.{net}.2/30 dev {p}
+             ip -n {ns} -6 addr add fd00:214:{net}::2/64 dev {p} nodad
+             ip -n {ns} link set {p} up
+             ip -n {ns} link set lo up
+             : {me}"
+        ));
+        fs::create_dir(w.cgroup_mount.join(&w.cgroup_root)).expect("mkdir test cgroup");
+        w.cgroups.push(w.cgroup_root.clone());
+        for c in cgroups {
+            let rel = format!("{}/{c}", w.cgroup_root);
+            fs::create_dir(w.cgroup_mount.join(&rel)).expect("mkdir cgroup");
+            w.cgroups.push(rel);
+        }
+        w
+    }
+
+    pub fn ipv4_peer(&self) -> String {
+        format!("10.214.{}.2", 200 + self.n % 50)
+    }
+
+    pub fn ipv6_peer(&self) -> String {
+        format!("fd00:214:{}::2", 200 + self.n % 50)
+    }
+
+    /// Path of one of our cgroups below the cgroup2 mount ("" = our root).
+    pub fn cgroup(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.cgroup_root.clone()
+        } else {
+            format!("{}/{rel}", self.cgroup_root)
+        }
+    }
+
+    pub fn cgroup_id(&self, rel: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(self.cgroup_mount.join(self.cgroup(rel))).expect("stat cgroup").ino()
+    }
+
+    /// The standard layout of a test: TC on our host veth, cgroup_skb at our
+    /// subtree root, a stats file for each of our cgroups.
+    pub fn write_layout(&self) {
+        let text = format!(
+            "root = {:?}\n[tc]\ninterfaces = [{:?}]\n[cgroup_skb]\nattach = [\"/{}\"]\n[stats]\ncgroups = [\"/{}/**\"]\n",
+            self.root, self.host_if, self.cgroup_root, self.cgroup_root
+        );
+        fs::write(&self.layout, text).expect("write layout");
+    }
+
+    pub fn cgacct(&self, args: &[&str]) -> Output {
+        run(Command::new(BIN).args(args))
+    }
+
+    pub fn apply(&self) -> String {
+        let out = self.cgacct(&["apply", self.layout.to_str().expect("utf-8 path")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `net.stat` of one of our cgroups, parsed.
+    pub fn stat(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
+        let pins = cgacct_pin::names::Pins::new(&self.root, true);
+        cgacct_pin::read::read_stat(&pins.stats_file(&self.cgroup(rel))).expect("read net.stat")
+    }
+
+    /// Sends `count` UDP datagrams of `payload` bytes to the peer from a
+    /// process placed in cgroup `rel`, with a receiver in the netns taking
+    /// them all (so no ICMP errors come back). Returns when all arrived.
+    pub fn send_udp(&self, rel: &str, v6: bool, count: u32, payload: usize) {
+        let (fam, addr) = if v6 { ("AF_INET6", self.ipv6_peer()) } else { ("AF_INET", self.ipv4_peer()) };
+        let port = 40000 + self.n;
+        let receiver = format!(
+            "import socket,sys\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\ns.bind(('{addr}',{port}))\n\
+             s.settimeout(10)\nprint('ready',flush=True)\nn=0\nwhile n<{count}:\n    s.recv(65536); n+=1\nprint(n)\n"
+        );
+        let mut rx = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "python3", "-c", &receiver])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn receiver");
+        // Wait for the receiver's "ready".
+        let mut stdout = rx.stdout.take().expect("receiver stdout");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout, &mut buf).expect("receiver ready");
+        let procs = self.cgroup_mount.join(self.cgroup(rel)).join("cgroup.procs");
+        let sender = format!(
+            "import socket,time\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\nfor i in range({count}):\n    \
+             s.sendto(b'x'*{payload},('{addr}',{port}))\n    time.sleep(0.001)\n"
+        );
+        sh(&format!("echo $$ > {}; exec python3 -c \"{sender}\"", procs.display()));
+        let out = rx.wait_with_output().expect("receiver");
+        let got = String::from_utf8_lossy(&out.stdout);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).ok();
+        assert!(out.status.success(), "receiver failed: {got}{rest}");
+        assert_eq!(rest.trim(), count.to_string(), "receiver got {rest:?} datagrams");
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.root.exists() {
+            let _ = Command::new(BIN).args(["destroy", "--root"]).arg(&self.root).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        for c in self.cgroups.iter().rev() {
+            let dir = self.cgroup_mount.join(c);
+            // Processes we placed there have exited; move any straggler to the root.
+            if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    let _ = fs::write(self.cgroup_mount.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+        let _ = fs::remove_file(&self.layout);
+    }
+}
