@@ -136,7 +136,9 @@ impl World {
 
     pub fn cgroup_id(&self, rel: &str) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(self.cgroup_mount.join(self.cgroup(rel))).expect("stat cgroup").ino()
+        fs::metadata(self.cgroup_mount.join(self.cgroup(rel)))
+            .expect("stat cgroup")
+            .ino()
     }
 
     /// The standard layout of a test: TC on our host veth, cgroup_skb at our
@@ -168,7 +170,11 @@ impl World {
     /// process placed in cgroup `rel`, with a receiver in the netns taking
     /// them all (so no ICMP errors come back). Returns when all arrived.
     pub fn send_udp(&self, rel: &str, v6: bool, count: u32, payload: usize) {
-        let (fam, addr) = if v6 { ("AF_INET6", self.ipv6_peer()) } else { ("AF_INET", self.ipv4_peer()) };
+        let (fam, addr) = if v6 {
+            ("AF_INET6", self.ipv6_peer())
+        } else {
+            ("AF_INET", self.ipv4_peer())
+        };
         let port = 40000 + self.n;
         let receiver = format!(
             "import socket,sys\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\ns.bind(('{addr}',{port}))\n\
@@ -188,7 +194,10 @@ impl World {
             "import socket,time\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\nfor i in range({count}):\n    \
              s.sendto(b'x'*{payload},('{addr}',{port}))\n    time.sleep(0.001)\n"
         );
-        sh(&format!("echo $$ > {}; exec python3 -c \"{sender}\"", procs.display()));
+        sh(&format!(
+            "echo $$ > {}; exec python3 -c \"{sender}\"",
+            procs.display()
+        ));
         let out = rx.wait_with_output().expect("receiver");
         let got = String::from_utf8_lossy(&out.stdout);
         let mut rest = String::new();
@@ -201,7 +210,10 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         if self.root.exists() {
-            let _ = Command::new(BIN).args(["destroy", "--root"]).arg(&self.root).output();
+            let _ = Command::new(BIN)
+                .args(["destroy", "--root"])
+                .arg(&self.root)
+                .output();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
         let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();

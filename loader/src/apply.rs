@@ -1,8 +1,7 @@
 //! Executes a plan: the only module that changes kernel state.
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -20,8 +19,7 @@ use aya::{
 use cgacct_common::{globals, maps, programs as prog, Counters, IterAcc};
 
 use crate::{
-    host,
-    kernel,
+    host, kernel,
     layout::Layout,
     names::{self, Direction, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     plan::{self, Action, World},
@@ -61,20 +59,33 @@ impl Context {
     }
 
     pub fn plan(&self, layout: &Layout) -> Result<Vec<Action>> {
-        plan::plan(&World { layout, pins: &self.pins, interfaces: &self.interfaces, cgroups: &self.cgroups })
+        plan::plan(&World {
+            layout,
+            pins: &self.pins,
+            interfaces: &self.interfaces,
+            cgroups: &self.cgroups,
+        })
     }
 }
 
 fn root_error(root: &Path, e: io::Error) -> anyhow::Error {
     if e.raw_os_error() == Some(libc::EPERM) && root.to_string_lossy().contains('.') {
-        anyhow!("cannot create {}: bpffs refuses '.' in names; choose a root without dots", root.display())
+        anyhow!(
+            "cannot create {}: bpffs refuses '.' in names; choose a root without dots",
+            root.display()
+        )
     } else {
         anyhow!("cannot create {}: {e}", root.display())
     }
 }
 
 /// Runs `actions` in order, calling `report` after each one succeeds.
-pub fn execute(layout: &Layout, ctx: &Context, actions: &[Action], mut report: impl FnMut(&Action)) -> Result<()> {
+pub fn execute(
+    layout: &Layout,
+    ctx: &Context,
+    actions: &[Action],
+    mut report: impl FnMut(&Action),
+) -> Result<()> {
     let pins = &ctx.pins;
     for dir in [PROGS_DIR, MAPS_DIR, LINKS_DIR] {
         names::create_dirs(&pins.root, &pins.root.join(dir))?;
@@ -101,7 +112,11 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
     let pins = &ctx.pins;
     match action {
         Action::LoadPrograms => load_programs(layout, pins),
-        Action::AttachTc { interface, direction, pin } => {
+        Action::AttachTc {
+            interface,
+            direction,
+            pin,
+        } => {
             let i = *direction as usize;
             if h.tc[i].is_none() {
                 let name = [prog::TC_INGRESS, prog::TC_EGRESS][i];
@@ -118,14 +133,21 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
             let link: FdLink = p.take_link(id)?.try_into()?;
             pin_link(pins, pin, link)
         }
-        Action::AttachCgroup { cgroup, direction, pin, .. } => {
+        Action::AttachCgroup {
+            cgroup,
+            direction,
+            pin,
+            ..
+        } => {
             let i = *direction as usize;
             let kind = [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress][i];
             if h.cg[i].is_none() {
                 let name = [prog::CGROUP_INGRESS, prog::CGROUP_EGRESS][i];
                 h.cg[i] = Some(CgroupSkb::from_pin(pins.prog(name), kind)?);
             }
-            let p = h.cg[i].as_mut().ok_or_else(|| anyhow!("cgroup_skb program not open"))?;
+            let p = h.cg[i]
+                .as_mut()
+                .ok_or_else(|| anyhow!("cgroup_skb program not open"))?;
             let dir = open_cgroup(&ctx.cgroup_mount, cgroup)?;
             let id = p.attach(&dir, kind, CgroupAttachMode::Single)?;
             let link: FdLink = p.take_link(id)?.try_into()?;
@@ -135,7 +157,10 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
             if h.iter.is_none() {
                 h.iter = Some(Iter::from_pin(pins.prog(prog::CGROUP_ITER))?);
             }
-            let p = h.iter.as_ref().ok_or_else(|| anyhow!("iterator program not open"))?;
+            let p = h
+                .iter
+                .as_ref()
+                .ok_or_else(|| anyhow!("iterator program not open"))?;
             let dir = open_cgroup(&ctx.cgroup_mount, cgroup)?;
             let link = sys::cgroup_iter_link(p.fd()?.as_fd(), dir.as_fd(), CgroupIterOrder::DescendantsPre)
                 .context("BPF_LINK_CREATE of the cgroup iterator")?;
@@ -181,7 +206,10 @@ fn pin_link(pins: &Pins, pin: &Path, link: FdLink) -> Result<()> {
 
 /// Removes directories left empty below `root`, from `path`'s parent up.
 fn remove_empty_parents(root: &Path, path: &Path) {
-    let keep = [root.join(LINKS_DIR).join("tc"), root.join(LINKS_DIR).join("cgroup")];
+    let keep = [
+        root.join(LINKS_DIR).join("tc"),
+        root.join(LINKS_DIR).join("cgroup"),
+    ];
     let mut dir = path.parent();
     while let Some(d) = dir {
         if d == root || keep.iter().any(|k| k == d) || fs::remove_dir(d).is_err() {
@@ -196,9 +224,27 @@ fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 4]
     let c = size_of::<Counters>() as u32;
     [
         (maps::CGROUP_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
-        (maps::TC_CGROUP_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
-        (maps::IFACE_STATS, MapType::PerCpuHash, 4, c, layout.maps.interfaces),
-        (maps::ITER_SCRATCH, MapType::LruHash, 8, size_of::<IterAcc>() as u32, layout.maps.readers),
+        (
+            maps::TC_CGROUP_STATS,
+            MapType::PerCpuHash,
+            8,
+            c,
+            layout.maps.cgroups,
+        ),
+        (
+            maps::IFACE_STATS,
+            MapType::PerCpuHash,
+            4,
+            c,
+            layout.maps.interfaces,
+        ),
+        (
+            maps::ITER_SCRATCH,
+            MapType::LruHash,
+            8,
+            size_of::<IterAcc>() as u32,
+            layout.maps.readers,
+        ),
     ]
 }
 
@@ -209,8 +255,14 @@ fn check_pinned_maps(layout: &Layout, pins: &Pins) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).with_context(|| format!("reading pinned map {}", path.display()))?;
-        let found = (info.map_type()?, info.key_size(), info.value_size(), info.max_entries());
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading pinned map {}", path.display()))?;
+        let found = (
+            info.map_type()?,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
         if found != (ty, key, value, max) {
             bail!(
                 "pinned map {} is {:?} key {} value {} max_entries {}, but this layout and build need \
@@ -237,12 +289,16 @@ fn load_programs(layout: &Layout, pins: &Pins) -> Result<()> {
         .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
         .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true);
     for (name, _, _, _, max) in expected_maps(layout) {
-        loader.map_max_entries(name, max).map_pin_path(name, pins.map(name));
+        loader
+            .map_max_entries(name, max)
+            .map_pin_path(name, pins.map(name));
     }
     let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     for name in plan::PROGRAMS {
-        let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
         let pin = pins.prog(name);
         match program {
             aya::programs::Program::SchedClassifier(p) => p.load()?,
@@ -253,7 +309,9 @@ fn load_programs(layout: &Layout, pins: &Pins) -> Result<()> {
         if pin.exists() {
             fs::remove_file(&pin)?;
         }
-        program.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        program
+            .pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
     }
     Ok(())
 }

@@ -15,12 +15,15 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Mount point of cgroup v2, from /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    mounts_of_type(&info, "cgroup2").into_iter().next().with_context(|| {
-        "no cgroup2 mount found in /proc/self/mountinfo: cgacct needs cgroup v2 \
+    mounts_of_type(&info, "cgroup2")
+        .into_iter()
+        .next()
+        .with_context(|| {
+            "no cgroup2 mount found in /proc/self/mountinfo: cgacct needs cgroup v2 \
          (mount it with `mount -t cgroup2 none /sys/fs/cgroup`, or boot with \
          systemd.unified_cgroup_hierarchy=1)"
-            .to_string()
-    })
+                .to_string()
+        })
 }
 
 /// Mount points of filesystems of type `fstype` in mountinfo text.
@@ -126,7 +129,10 @@ pub fn cgroups(mount: &Path) -> Result<Vec<Cgroup>> {
         }
         let rel = entry.path().strip_prefix(mount).unwrap_or(entry.path());
         let Ok(meta) = entry.metadata() else { continue };
-        out.push(Cgroup { path: rel.to_string_lossy().into_owned(), id: meta.ino() });
+        out.push(Cgroup {
+            path: rel.to_string_lossy().into_owned(),
+            id: meta.ino(),
+        });
     }
     Ok(out)
 }

@@ -32,7 +32,9 @@ fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
             }
         }
     }
-    Err(anyhow!("kernel BTF has no member {member} in struct {strukt}: this kernel is not supported"))
+    Err(anyhow!(
+        "kernel BTF has no member {member} in struct {strukt}: this kernel is not supported"
+    ))
 }
 
 fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {

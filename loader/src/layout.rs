@@ -42,7 +42,11 @@ pub struct MapSizes {
 
 impl Default for MapSizes {
     fn default() -> Self {
-        MapSizes { cgroups: 16384, interfaces: 4096, readers: 1024 }
+        MapSizes {
+            cgroups: 16384,
+            interfaces: 4096,
+            readers: 1024,
+        }
     }
 }
 
@@ -90,7 +94,10 @@ impl Layout {
     pub fn parse(text: &str) -> Result<Layout> {
         let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         if !file.root.is_absolute() {
-            bail!("root = {:?} must be an absolute path on bpffs, e.g. {DEFAULT_ROOT:?}", file.root);
+            bail!(
+                "root = {:?} must be an absolute path on bpffs, e.g. {DEFAULT_ROOT:?}",
+                file.root
+            );
         }
         for (key, v) in [
             ("maps.cgroups", file.maps.cgroups),

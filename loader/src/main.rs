@@ -31,8 +31,10 @@ struct Cli {
 enum Command {
     /// Bring the kernel to the layout: load and pin programs and maps,
     /// attach, pin stats files; remove what the layout no longer wants.
-    #[command(after_help = "Example:\n  cgacct-pin apply pin-layout.toml\n  cgacct-pin apply --dry-run pin-layout.toml\n\n\
-Running apply again reuses the pinned maps (counters are kept) and adds no attachment that exists.")]
+    #[command(
+        after_help = "Example:\n  cgacct-pin apply pin-layout.toml\n  cgacct-pin apply --dry-run pin-layout.toml\n\n\
+Running apply again reuses the pinned maps (counters are kept) and adds no attachment that exists."
+    )]
     Apply {
         /// The layout file (TOML), e.g. pin-layout.toml.
         layout: PathBuf,
@@ -44,7 +46,9 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         dry_run: bool,
     },
     /// Print the actions `apply` would take, changing nothing.
-    #[command(after_help = "Example:\n  cgacct-pin plan pin-layout.toml\n  cgacct-pin plan --json pin-layout.toml | jq .")]
+    #[command(
+        after_help = "Example:\n  cgacct-pin plan pin-layout.toml\n  cgacct-pin plan --json pin-layout.toml | jq ."
+    )]
     Plan {
         layout: PathBuf,
         #[arg(long)]
@@ -54,7 +58,9 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         json: bool,
     },
     /// Show what is pinned and attached, and the counters of every cgroup.
-    #[command(after_help = "Example:\n  cgacct-pin status\n  cgacct-pin status --json --root /sys/fs/bpf/cgacct")]
+    #[command(
+        after_help = "Example:\n  cgacct-pin status\n  cgacct-pin status --json --root /sys/fs/bpf/cgacct"
+    )]
     Status {
         /// The layout file; its root is used when --root is not given.
         layout: Option<PathBuf>,
@@ -66,7 +72,9 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
     },
     /// Remove every pin and link cgacct made under the root: programs
     /// detach and are freed with their maps. Counters are lost.
-    #[command(after_help = "Example:\n  cgacct-pin destroy pin-layout.toml\n  cgacct-pin destroy --root /sys/fs/bpf/cgacct")]
+    #[command(
+        after_help = "Example:\n  cgacct-pin destroy pin-layout.toml\n  cgacct-pin destroy --root /sys/fs/bpf/cgacct"
+    )]
     Destroy {
         layout: Option<PathBuf>,
         #[arg(long)]
@@ -84,7 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_layout(path: &PathBuf, root: Option<PathBuf>) -> Result<Layout> {
+fn load_layout(path: &std::path::Path, root: Option<PathBuf>) -> Result<Layout> {
     let mut layout = Layout::from_path(path)?;
     if let Some(root) = root {
         layout.root = root;
@@ -102,7 +110,11 @@ fn root_of(layout: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Apply { layout, root, dry_run } => {
+        Command::Apply {
+            layout,
+            root,
+            dry_run,
+        } => {
             let layout = load_layout(&layout, root)?;
             let ctx = Context::discover(&layout, !dry_run)?;
             let actions = ctx.plan(&layout)?;
@@ -160,23 +172,34 @@ fn print_plan(actions: &[plan::Action]) {
     }
 }
 
-fn status(root: &PathBuf, json: bool) -> Result<()> {
+fn status(root: &std::path::Path, json: bool) -> Result<()> {
     if !root.is_dir() {
-        anyhow::bail!("{} does not exist: nothing is applied there (run `cgacct-pin apply LAYOUT`)", root.display());
+        anyhow::bail!(
+            "{} does not exist: nothing is applied there (run `cgacct-pin apply LAYOUT`)",
+            root.display()
+        );
     }
     let dots = cgacct_pin::names::probe_dots(root)?;
     let pins = Pins::new(root, dots);
     let names = host::cgroup_names(&host::cgroup2_mount()?)?;
-    let ifnames: std::collections::BTreeMap<u32, String> =
-        host::interfaces()?.into_iter().map(|i| (i.ifindex, i.name)).collect();
+    let ifnames: std::collections::BTreeMap<u32, String> = host::interfaces()?
+        .into_iter()
+        .map(|i| (i.ifindex, i.name))
+        .collect();
     let snap = read::snapshot(&pins).context("reading the pinned maps")?;
-    let programs: Vec<_> = plan::PROGRAMS.iter().map(|p| (p, pins.prog(p).exists())).collect();
+    let programs: Vec<_> = plan::PROGRAMS
+        .iter()
+        .map(|p| (p, pins.prog(p).exists()))
+        .collect();
     let tc = plan::two_level_pins(&pins.tc_links())?;
     let cg = plan::two_level_pins(&pins.cgroup_links())?;
     let stats = plan::stats_files(&pins)?;
     let cg_name = |id: &u64| match *id {
         0 => "(no socket)".to_string(),
-        id => names.get(&id).cloned().unwrap_or_else(|| format!("(removed cgroup {id})")),
+        id => names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("(removed cgroup {id})")),
     };
     if json {
         let counters = |c: &cgacct_common::Counters| {
@@ -202,18 +225,44 @@ fn status(root: &PathBuf, json: bool) -> Result<()> {
         println!("link {}", l.display());
     }
     println!("stats files: {}", stats.len());
-    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup (cgroup_skb)", "id", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts");
+    println!(
+        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup (cgroup_skb)",
+        "id", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts"
+    );
     for (id, c) in &snap.cgroups {
-        println!("{id:<10} {:>14} {:>10} {:>14} {:>10}  {}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets, cg_name(id));
+        println!(
+            "{id:<10} {:>14} {:>10} {:>14} {:>10}  {}",
+            c.rx_bytes,
+            c.rx_packets,
+            c.tx_bytes,
+            c.tx_packets,
+            cg_name(id)
+        );
     }
-    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup of socket (tc)", "id", "in_bytes", "in_pkts", "out_bytes", "out_pkts");
+    println!(
+        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup of socket (tc)",
+        "id", "in_bytes", "in_pkts", "out_bytes", "out_pkts"
+    );
     for (id, c) in &snap.tc_cgroups {
-        println!("{id:<10} {:>14} {:>10} {:>14} {:>10}  {}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets, cg_name(id));
+        println!(
+            "{id:<10} {:>14} {:>10} {:>14} {:>10}  {}",
+            c.rx_bytes,
+            c.rx_packets,
+            c.tx_bytes,
+            c.tx_packets,
+            cg_name(id)
+        );
     }
-    println!("\n{:<10} {:>14} {:>10} {:>14} {:>10}  interface (tc)", "ifindex", "in_bytes", "in_pkts", "out_bytes", "out_pkts");
+    println!(
+        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  interface (tc)",
+        "ifindex", "in_bytes", "in_pkts", "out_bytes", "out_pkts"
+    );
     for (i, c) in &snap.interfaces {
         let name = ifnames.get(i).map_or("(gone)", |s| s.as_str());
-        println!("{i:<10} {:>14} {:>10} {:>14} {:>10}  {name}", c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets);
+        println!(
+            "{i:<10} {:>14} {:>10} {:>14} {:>10}  {name}",
+            c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets
+        );
     }
     Ok(())
 }

@@ -56,7 +56,10 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(root: &Path, dots: bool) -> Pins {
-        Pins { root: root.to_path_buf(), dots }
+        Pins {
+            root: root.to_path_buf(),
+            dots,
+        }
     }
 
     pub fn prog(&self, name: &str) -> PathBuf {
@@ -123,13 +126,15 @@ pub fn escape(name: &str, dots: bool) -> String {
 /// Runs `op` (which creates `path`) with the parent's permission bits
 /// cleared when the last component has a dot, restoring them on every path.
 pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let dotted = path.file_name().is_some_and(|n| n.as_encoded_bytes().contains(&b'.'));
+    let dotted = path
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().contains(&b'.'));
     let parent = path.parent().filter(|_| dotted);
     let Some(parent) = parent else {
         return op();
     };
     let mode = fs::metadata(parent)?.permissions().mode() & 0o7777;
-    fs::set_permissions(parent, fs::Permissions::from_mode(0))?;
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o000))?;
     let result = op();
     let restored = fs::set_permissions(parent, fs::Permissions::from_mode(mode));
     let value = result?;
@@ -139,7 +144,9 @@ pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> i
 
 /// `mkdir -p` below `root` (which must exist), dotted names included.
 pub fn create_dirs(root: &Path, path: &Path) -> io::Result<()> {
-    let rel = path.strip_prefix(root).map_err(|_| io::Error::other("path outside root"))?;
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| io::Error::other("path outside root"))?;
     let mut cur = root.to_path_buf();
     for comp in rel.components() {
         cur.push(comp);

@@ -47,8 +47,14 @@ pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
 pub fn parse_stat(text: &str) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
-        let (k, v) = line.split_once(' ').with_context(|| format!("line {}: no space in {line:?}", n + 1))?;
-        out.insert(k.to_string(), v.parse().with_context(|| format!("line {}: {v:?} is not a number", n + 1))?);
+        let (k, v) = line
+            .split_once(' ')
+            .with_context(|| format!("line {}: no space in {line:?}", n + 1))?;
+        out.insert(
+            k.to_string(),
+            v.parse()
+                .with_context(|| format!("line {}: {v:?} is not a number", n + 1))?,
+        );
     }
     Ok(out)
 }

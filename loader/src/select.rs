@@ -76,9 +76,16 @@ impl CgroupPattern {
             if comp == "." || comp == ".." {
                 bail!("'.' and '..' are not allowed in cgroup patterns");
             }
-            parts.push(if comp == "**" { Part::AnyDepth } else { Part::Name(NamePattern::parse(comp)?) });
+            parts.push(if comp == "**" {
+                Part::AnyDepth
+            } else {
+                Part::Name(NamePattern::parse(comp)?)
+            });
         }
-        Ok(CgroupPattern { text: p.to_string(), parts })
+        Ok(CgroupPattern {
+            text: p.to_string(),
+            parts,
+        })
     }
 
     /// `path` is relative to the cgroup2 mount, "" for the root.
@@ -96,9 +103,9 @@ fn match_parts(parts: &[Part], comps: &[&str]) -> bool {
     match parts.split_first() {
         None => comps.is_empty(),
         Some((Part::AnyDepth, rest)) => (0..=comps.len()).any(|i| match_parts(rest, &comps[i..])),
-        Some((Part::Name(n), rest)) => {
-            comps.split_first().is_some_and(|(c, tail)| n.matches(c) && match_parts(rest, tail))
-        }
+        Some((Part::Name(n), rest)) => comps
+            .split_first()
+            .is_some_and(|(c, tail)| n.matches(c) && match_parts(rest, tail)),
     }
 }
 

@@ -4,8 +4,7 @@
 //! cgacct issues raw syscalls.
 use std::{
     ffi::CStr,
-    io,
-    mem,
+    io, mem,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 

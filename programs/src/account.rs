@@ -1,6 +1,6 @@
 //! The packet-path accounting shared by the TC and cgroup_skb programs.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, __sk_buff},
+    bindings::{__sk_buff, BPF_NOEXIST},
     btf_maps::PerCpuHashMap,
     helpers::generated::bpf_skb_load_bytes,
 };

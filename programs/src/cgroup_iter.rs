@@ -143,7 +143,11 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
     // SAFETY: non-NULL lookup result.
     let a = unsafe { *acc };
     let _ = ITER_SCRATCH.remove(session);
-    print(seq, b"cgroup_id %llu\nsubtree_cgroups %llu\n\0", &[a.cgroup_id, a.cgroups]);
+    print(
+        seq,
+        b"cgroup_id %llu\nsubtree_cgroups %llu\n\0",
+        &[a.cgroup_id, a.cgroups],
+    );
     print(
         seq,
         b"rx_bytes %llu\nrx_packets %llu\ntx_bytes %llu\ntx_packets %llu\n\0",

@@ -3,9 +3,7 @@
 //! `bpf_skb_cgroup_id` gives the socket's own cgroup even when the program
 //! is attached at an ancestor, so one attachment at a subtree root accounts
 //! every cgroup below it, present and future.
-use aya_ebpf::{
-    helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 
 use crate::{
     account::{add, measure, Direction},

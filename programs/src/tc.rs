@@ -3,9 +3,7 @@
 //!
 //! Traffic without a socket (forwarded, or made by the kernel) is counted
 //! under cgroup id 0, the unattributed bucket: never dropped from totals.
-use aya_ebpf::{
-    helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
 
 use crate::{
     account::{add, measure, Direction},

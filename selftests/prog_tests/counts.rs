@@ -15,8 +15,17 @@ const P6: u64 = 1000; // IPv6 datagram: 40 IP + 8 UDP + payload
 
 /// Per-CPU values summed, as bpftool prints them with BTF.
 fn bpftool_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
-    let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(path).arg("-j").output().expect("bpftool");
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(path)
+        .arg("-j")
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
     let mut totals = BTreeMap::new();
     for entry in v.as_array().expect("array") {
@@ -41,20 +50,36 @@ fn bpftool_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
 #[test]
 fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
     require_kernel!();
-    let w = World::new(&["web.slice", "web.slice/v4.scope", "web.slice/v6.scope", "idle.scope"]);
+    let w = World::new(&[
+        "web.slice",
+        "web.slice/v4.scope",
+        "web.slice/v6.scope",
+        "idle.scope",
+    ]);
     w.write_layout();
     w.apply();
     // cgacct-pin has exited: everything below counts through pinned links.
     w.send_udp("web.slice/v4.scope", false, N4 as u32, P4 as usize);
     w.send_udp("web.slice/v6.scope", true, N6 as u32, P6 as usize);
 
-    let v4 = Counters { tx_bytes: N4 * (P4 + 28), tx_packets: N4, ..Default::default() };
-    let v6 = Counters { tx_bytes: N6 * (P6 + 48), tx_packets: N6, ..Default::default() };
+    let v4 = Counters {
+        tx_bytes: N4 * (P4 + 28),
+        tx_packets: N4,
+        ..Default::default()
+    };
+    let v6 = Counters {
+        tx_bytes: N6 * (P6 + 48),
+        tx_packets: N6,
+        ..Default::default()
+    };
 
     // 1. cat net.stat
     let s4 = w.stat("web.slice/v4.scope");
     let s6 = w.stat("web.slice/v6.scope");
-    for (s, c, id) in [(&s4, &v4, w.cgroup_id("web.slice/v4.scope")), (&s6, &v6, w.cgroup_id("web.slice/v6.scope"))] {
+    for (s, c, id) in [
+        (&s4, &v4, w.cgroup_id("web.slice/v4.scope")),
+        (&s6, &v6, w.cgroup_id("web.slice/v6.scope")),
+    ] {
         assert_eq!(s["cgroup_id"], id);
         assert_eq!(s["subtree_cgroups"], 1);
         assert_eq!(s["self_tx_packets"], c.tx_packets, "{s:?}");
@@ -70,7 +95,14 @@ fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
     let parent = w.stat("web.slice");
     assert_eq!(parent["subtree_cgroups"], 3);
     assert_eq!(parent["self_tx_packets"], 0);
-    for key in ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "tc_egress_bytes", "tc_egress_packets"] {
+    for key in [
+        "tx_bytes",
+        "tx_packets",
+        "rx_bytes",
+        "rx_packets",
+        "tc_egress_bytes",
+        "tc_egress_packets",
+    ] {
         assert_eq!(parent[key], s4[key] + s6[key], "{key}: {parent:?}");
     }
     assert_eq!(parent["tx_packets"], N4 + N6);
@@ -85,7 +117,12 @@ fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
     let snap = read::snapshot(&pins).expect("snapshot");
     assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v4.scope")], v4);
     assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v6.scope")], v6);
-    let tc4 = Counters { rx_bytes: 0, rx_packets: 0, tx_bytes: v4.tx_bytes, tx_packets: N4 };
+    let tc4 = Counters {
+        rx_bytes: 0,
+        rx_packets: 0,
+        tx_bytes: v4.tx_bytes,
+        tx_packets: N4,
+    };
     assert_eq!(snap.tc_cgroups[&w.cgroup_id("web.slice/v4.scope")], tc4);
     let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", w.host_if))
         .expect("ifindex")

@@ -6,7 +6,10 @@ use crate::{require_kernel, world::World};
 /// Number of programs on `iface`'s TCX hooks, both directions.
 fn tcx_programs(iface: &str) -> usize {
     let mut n = 0;
-    for kind in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
+    for kind in [
+        aya::programs::TcAttachType::Ingress,
+        aya::programs::TcAttachType::Egress,
+    ] {
         let (_, progs) = aya::programs::SchedClassifier::query_tcx(iface, kind).expect("query tcx");
         n += progs.len();
     }
@@ -15,15 +18,25 @@ fn tcx_programs(iface: &str) -> usize {
 
 fn cgroup_attachments(w: &World) -> usize {
     let dir = w.cgroup_mount.join(w.cgroup(""));
-    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(&dir).arg("-j").output().expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&dir)
+        .arg("-j")
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
     v.as_array().map_or(0, |a| a.len())
 }
 
 fn our_program_ids(w: &World) -> Vec<u32> {
     cgacct_pin::plan::PROGRAMS
         .iter()
-        .map(|p| aya::programs::ProgramInfo::from_pin(w.root.join("progs").join(p)).expect("pinned program").id())
+        .map(|p| {
+            aya::programs::ProgramInfo::from_pin(w.root.join("progs").join(p))
+                .expect("pinned program")
+                .id()
+        })
         .collect()
 }
 
@@ -40,7 +53,10 @@ fn reapply_keeps_counters_and_adds_no_attachment() {
     let ids = our_program_ids(&w);
 
     let out = w.apply();
-    assert!(out.contains("nothing to do"), "second apply changed something:\n{out}");
+    assert!(
+        out.contains("nothing to do"),
+        "second apply changed something:\n{out}"
+    );
     assert_eq!(tcx_programs(&w.host_if), 2);
     assert_eq!(cgroup_attachments(&w), 2);
     assert_eq!(our_program_ids(&w), ids, "programs were reloaded");
@@ -71,7 +87,10 @@ fn destroy_leaves_the_kernel_clean() {
         if live.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "programs {live:?} still loaded after destroy");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs {live:?} still loaded after destroy"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
