@@ -225,44 +225,60 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         println!("link {}", l.display());
     }
     println!("stats files: {}", stats.len());
-    println!(
-        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup (cgroup_skb)",
-        "id", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts"
+    let cgroups = |m: &std::collections::BTreeMap<u64, cgacct_common::Counters>| -> Vec<_> {
+        m.iter()
+            .map(|(id, c)| (id.to_string(), *c, cg_name(id)))
+            .collect()
+    };
+    table(
+        [
+            "id",
+            "rx_bytes",
+            "rx_pkts",
+            "tx_bytes",
+            "tx_pkts",
+            "cgroup (cgroup_skb)",
+        ],
+        cgroups(&snap.cgroups),
     );
-    for (id, c) in &snap.cgroups {
-        println!(
-            "{id:<10} {:>14} {:>10} {:>14} {:>10}  {}",
-            c.rx_bytes,
-            c.rx_packets,
-            c.tx_bytes,
-            c.tx_packets,
-            cg_name(id)
-        );
-    }
-    println!(
-        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  cgroup of socket (tc)",
-        "id", "in_bytes", "in_pkts", "out_bytes", "out_pkts"
+    let tc_head = [
+        "id",
+        "in_bytes",
+        "in_pkts",
+        "out_bytes",
+        "out_pkts",
+        "cgroup of socket (tc)",
+    ];
+    table(tc_head, cgroups(&snap.tc_cgroups));
+    let ifaces = snap.interfaces.iter().map(|(i, c)| {
+        (
+            i.to_string(),
+            *c,
+            ifnames.get(i).cloned().unwrap_or_else(|| "(gone)".into()),
+        )
+    });
+    table(
+        [
+            "ifindex",
+            "in_bytes",
+            "in_pkts",
+            "out_bytes",
+            "out_pkts",
+            "interface (tc)",
+        ],
+        ifaces.collect(),
     );
-    for (id, c) in &snap.tc_cgroups {
-        println!(
-            "{id:<10} {:>14} {:>10} {:>14} {:>10}  {}",
-            c.rx_bytes,
-            c.rx_packets,
-            c.tx_bytes,
-            c.tx_packets,
-            cg_name(id)
-        );
-    }
-    println!(
-        "\n{:<10} {:>14} {:>10} {:>14} {:>10}  interface (tc)",
-        "ifindex", "in_bytes", "in_pkts", "out_bytes", "out_pkts"
-    );
-    for (i, c) in &snap.interfaces {
-        let name = ifnames.get(i).map_or("(gone)", |s| s.as_str());
-        println!(
-            "{i:<10} {:>14} {:>10} {:>14} {:>10}  {name}",
-            c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets
-        );
-    }
     Ok(())
+}
+
+/// One status table: key, four counters, name.
+fn table(head: [&str; 6], rows: Vec<(String, cgacct_common::Counters, String)>) {
+    let [k, a, b, c, d, n] = head;
+    println!("\n{k:<10} {a:>14} {b:>10} {c:>14} {d:>10}  {n}");
+    for (key, x, name) in rows {
+        println!(
+            "{key:<10} {:>14} {:>10} {:>14} {:>10}  {name}",
+            x.rx_bytes, x.rx_packets, x.tx_bytes, x.tx_packets
+        );
+    }
 }
