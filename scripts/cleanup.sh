@@ -44,17 +44,8 @@ die() { printf 'cleanup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (netns, veth, cgroups, BPF); try: sudo $0"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LAYOUT="$REPO/pin-layout.toml"
-BIN="$REPO/target/release/cgacct-pin"
-STATE=/run/cgacct-demo.state
-PREFIX=cgacct-demo
-VETH=vethcgd0
-
-cgroup2_mount() {
-  awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' \
-    /proc/self/mountinfo
-}
+# shellcheck source=scripts/demo-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"
 
 # Whether pid $1 is a running scripts/demo.sh.
 demo_running() {

@@ -53,13 +53,9 @@ die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (netns, veth, cgroups, BPF); try: sudo $0"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LAYOUT="$REPO/pin-layout.toml"
-BIN="$REPO/target/release/cgacct-pin"
-STATE=/run/cgacct-demo.state
-PREFIX=cgacct-demo
+# shellcheck source=scripts/demo-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"
 NETNS="$PREFIX-$$"
-VETH=vethcgd0
 PEER=vethcgd0p
 HOST4=10.213.0.1 PEER4=10.213.0.2 NET4=10.213.0.0/30
 HOST6=fd00:213::1 PEER6=fd00:213::2 NET6=fd00:213::/64
@@ -76,11 +72,6 @@ BPF_ROOT=${BPF_ROOT:-/sys/fs/bpf/cgacct}
 
 # The cgroup2 mount point from /proc/self/mountinfo: the field after " - " is
 # the filesystem type, the 5th field the mount point.
-cgroup2_mount() {
-  awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' \
-    /proc/self/mountinfo
-}
-
 # Prints why the demo must not run; prints nothing when it may.
 conflicts() {
   local mnt=$1 ns
