@@ -93,7 +93,6 @@ impl World {
             cgroups: Vec::new(),
         };
         let (ns, h, p, net) = (&w.netns, &w.host_if, format!("{}p", w.prefix), 200 + n % 50);
-        let me = std::process::id();
         sh(&format!(
             "ip netns add {ns}
              ip link add {h} type veth peer name {p}
@@ -104,8 +103,7 @@ impl World {
              ip -n {ns} addr add 10.214.{net}.2/30 dev {p}
              ip -n {ns} -6 addr add fd00:214:{net}::2/64 dev {p} nodad
              ip -n {ns} link set {p} up
-             ip -n {ns} link set lo up
-             : {me}"
+             ip -n {ns} link set lo up"
         ));
         fs::create_dir(w.cgroup_mount.join(&w.cgroup_root)).expect("mkdir test cgroup");
         w.cgroups.push(w.cgroup_root.clone());
