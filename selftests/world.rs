@@ -57,6 +57,16 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Waits up to 5 s for `cond`, for what the kernel does asynchronously
+/// (freeing links and programs after their last reference goes).
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "not within 5 s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn sh(script: &str) -> Output {
     run(Command::new("sh").arg("-euc").arg(script))
 }

@@ -88,6 +88,9 @@ pub mod globals {
     pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
     /// `offsetof(struct kernfs_node, id)` on the running kernel (`u32`).
     pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+    /// Identity of the object's build (`u64`): how a later `apply` tells
+    /// whether the running programs are the ones it carries.
+    pub const BUILD_ID: &str = "BUILD_ID";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.

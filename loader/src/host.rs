@@ -77,6 +77,35 @@ pub fn check_on_bpffs(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Capabilities cgacct-pin needs to read and change BPF state: bit, name.
+const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// Fails, naming what is missing, unless this process has the capabilities
+/// cgacct-pin needs (root has them).
+pub fn check_privileges() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "cgacct-pin needs {} to read and change BPF programs, links and pins, and lacks {}: \
+             run it as root (sudo cgacct-pin ...). Reading a stats file needs no privilege: \
+             `cat <root>/<cgroup>/net.stat`",
+            NEEDED_CAPS.map(|(_, n)| n).join(", "),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A network interface of this network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
@@ -112,6 +141,11 @@ impl Cgroup {
     /// The path as operators write it: "/" for the root, "/a/b" below.
     pub fn display(&self) -> String {
         format!("/{}", self.path)
+    }
+
+    /// Its directory in cgroupfs.
+    pub fn fs_path(&self, mount: &Path) -> PathBuf {
+        mount.join(&self.path)
     }
 }
 

@@ -22,6 +22,8 @@ struct File {
     cgroup_skb: CgroupSkbSection,
     #[serde(default)]
     stats: StatsSection,
+    #[serde(default)]
+    access: AccessSection,
 }
 
 fn default_root() -> PathBuf {
@@ -55,6 +57,8 @@ impl Default for MapSizes {
 struct TcSection {
     #[serde(default)]
     interfaces: Vec<String>,
+    #[serde(default)]
+    required: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +66,8 @@ struct TcSection {
 struct CgroupSkbSection {
     #[serde(default)]
     attach: Vec<String>,
+    #[serde(default)]
+    required: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,7 +75,79 @@ struct CgroupSkbSection {
 struct StatsSection {
     #[serde(default)]
     cgroups: Vec<String>,
+    #[serde(default)]
+    required: bool,
 }
+
+/// `[access]`: owner, group and mode of programs, maps and links;
+/// `[access.stats]`: the same for the stats files and their directories.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessSection {
+    owner: Option<Principal>,
+    group: Option<Principal>,
+    mode: Option<Mode>,
+    #[serde(default)]
+    stats: AccessKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessKeys {
+    owner: Option<Principal>,
+    group: Option<Principal>,
+    mode: Option<Mode>,
+}
+
+/// A user or group: a name or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+/// A file mode: `0o440` (TOML octal) or `"0440"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Mode {
+    Number(u32),
+    Text(String),
+}
+
+/// Owner, group and mode of one class of files; directories get an `x`
+/// wherever the files get an `r`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl Access {
+    pub fn dir_mode(&self) -> u32 {
+        let r = self.mode & 0o444;
+        self.mode | (r >> 2) | 0o700
+    }
+}
+
+/// What the pins are made to be: private ones (programs, maps, links) and
+/// the stats tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessRules {
+    pub private: Access,
+    pub stats: Access,
+}
+
+impl AccessRules {
+    /// The root holds both trees: it must let stats readers through.
+    pub fn root_dir_mode(&self) -> u32 {
+        self.private.dir_mode() | (self.stats.dir_mode() & 0o555)
+    }
+}
+
+pub const DEFAULT_PRIVATE_MODE: u32 = 0o600;
+pub const DEFAULT_STATS_MODE: u32 = 0o444;
 
 /// A layout that passed validation.
 #[derive(Debug)]
@@ -82,6 +160,16 @@ pub struct Layout {
     pub cgroup_skb_attach: Vec<CgroupPattern>,
     /// Cgroups that get a `net.stat` file.
     pub stats_cgroups: Vec<CgroupPattern>,
+    /// Sections whose every pattern must match something (`required = true`).
+    pub required: Required,
+    pub access: AccessRules,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Required {
+    pub tc: bool,
+    pub cgroup_skb: bool,
+    pub stats: bool,
 }
 
 impl Layout {
@@ -119,14 +207,82 @@ impl Layout {
                 .map(|p| CgroupPattern::parse(p).with_context(|| format!("in {key}: {p:?}")))
                 .collect()
         };
+        let a = file.access;
+        let top = AccessKeys {
+            owner: a.owner,
+            group: a.group,
+            mode: a.mode,
+        };
+        let private = access("access", &top, None, DEFAULT_PRIVATE_MODE)?;
+        let stats = access("access.stats", &a.stats, Some(private), DEFAULT_STATS_MODE)?;
         Ok(Layout {
             root: file.root,
             maps: file.maps,
             tc_interfaces,
             cgroup_skb_attach: cgroups("cgroup_skb.attach", &file.cgroup_skb.attach)?,
             stats_cgroups: cgroups("stats.cgroups", &file.stats.cgroups)?,
+            required: Required {
+                tc: file.tc.required,
+                cgroup_skb: file.cgroup_skb.required,
+                stats: file.stats.required,
+            },
+            access: AccessRules { private, stats },
         })
     }
+}
+
+/// Resolves one `[access]` table; owner and group default to `inherit`'s
+/// (or root), the mode to `default_mode`.
+fn access(key: &str, k: &AccessKeys, inherit: Option<Access>, default_mode: u32) -> Result<Access> {
+    let uid = match &k.owner {
+        None => inherit.map_or(0, |a| a.uid),
+        Some(Principal::Id(id)) => *id,
+        Some(Principal::Name(n)) => lookup_user(n).with_context(|| format!("{key}.owner = {n:?}"))?,
+    };
+    let gid = match &k.group {
+        None => inherit.map_or(0, |a| a.gid),
+        Some(Principal::Id(id)) => *id,
+        Some(Principal::Name(n)) => lookup_group(n).with_context(|| format!("{key}.group = {n:?}"))?,
+    };
+    let mode = match &k.mode {
+        None => default_mode,
+        Some(Mode::Number(m)) => *m,
+        Some(Mode::Text(t)) => u32::from_str_radix(t.trim_start_matches("0o"), 8).map_err(|_| {
+            anyhow::anyhow!("{key}.mode = {t:?} is not an octal mode: write it like \"0440\" or 0o440")
+        })?,
+    };
+    if mode & !0o666 != 0 {
+        bail!(
+            "{key}.mode = {mode:#o}: only read and write bits (0o666) make sense for pinned files; \
+             directories get their x bits from the r bits"
+        );
+    }
+    if mode & 0o400 == 0 {
+        bail!("{key}.mode = {mode:#o} leaves the owner unable to read: include 0o400");
+    }
+    Ok(Access { uid, gid, mode })
+}
+
+fn lookup_user(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        bail!("no such user on this host: use an existing user name or a numeric uid");
+    }
+    // SAFETY: non-NULL result of getpwnam.
+    Ok(unsafe { (*pw).pw_uid })
+}
+
+fn lookup_group(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getgrnam returns NULL or a pointer to static storage, read at once.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("no such group on this host: use an existing group name or a numeric gid");
+    }
+    // SAFETY: non-NULL result of getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
 }
 
 #[cfg(test)]

@@ -4,11 +4,15 @@
 //!
 //! The data flows one way, one module per step:
 //! [`layout`] (file -> validated layout, with [`select`] patterns) ->
-//! [`plan`] (what the kernel should hold vs what it holds, found through
-//! [`host`] and [`names`]) -> [`apply`] (kernel operations, with [`kernel`]
-//! facts and the raw calls of [`sys`]) -> [`read`] (maps and text).
+//! [`plan`] (what the kernel should hold, from [`host`] and [`names`], vs
+//! what it holds, from [`held`] and [`identity`]) -> [`apply`] (kernel
+//! operations, with [`kernel`] facts and the raw calls of [`sys`]; [`fault`]
+//! lets tests stop it anywhere) -> [`read`] (maps and text).
 pub mod apply;
+pub mod fault;
+pub mod held;
 pub mod host;
+pub mod identity;
 pub mod kernel;
 pub mod layout;
 pub mod names;

@@ -1,5 +1,5 @@
 //! `cgacct-pin`: per-cgroup network accounting pinned on bpffs.
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use cgacct_pin::{
@@ -7,7 +7,8 @@ use cgacct_pin::{
     host,
     layout::{Layout, DEFAULT_ROOT},
     names::Pins,
-    plan, read,
+    plan::{self, MapPolicy},
+    read,
 };
 use clap::{Parser, Subcommand};
 
@@ -30,29 +31,42 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Bring the kernel to the layout: load and pin programs and maps,
-    /// attach, pin stats files; remove what the layout no longer wants.
+    /// attach, pin stats files; repair and remove what differs.
     #[command(
         after_help = "Example:\n  cgacct-pin apply pin-layout.toml\n  cgacct-pin apply --dry-run pin-layout.toml\n\n\
-Running apply again reuses the pinned maps (counters are kept) and adds no attachment that exists."
+Running apply again reuses the pinned maps (counters are kept), changes nothing that matches, and \
+makes no bpf() call that changes state. A new build moves the running links to its programs in \
+place (BPF_LINK_UPDATE).\n\n\
+Exit status: 0 success (with --detailed-exitcode: nothing to change), 1 refused before any change \
+(environment, privileges, kernel, lock, incompatible maps), 2 invalid input (command line or layout; \
+nothing changed), 3 partial failure (some actions done; fix the cause and run apply again), 4 \
+success with changes (only with --detailed-exitcode)."
     )]
     Apply {
         /// The layout file (TOML), e.g. pin-layout.toml.
         layout: PathBuf,
-        /// Override the layout's root on bpffs.
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        opts: PlanOpts,
         /// Print the actions without changing anything (same as `plan`).
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: print JSON for scripts.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+        /// Wait this long for another cgacct-pin working on the same root.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        lock_timeout: u64,
     },
     /// Print the actions `apply` would take, changing nothing.
     #[command(
-        after_help = "Example:\n  cgacct-pin plan pin-layout.toml\n  cgacct-pin plan --json pin-layout.toml | jq ."
+        after_help = "Example:\n  cgacct-pin plan pin-layout.toml\n  cgacct-pin plan --json pin-layout.toml | jq .\n\n\
+Exit status as for apply; with --detailed-exitcode, 0 means the kernel matches the layout and 4 \
+means apply has work to do."
     )]
     Plan {
         layout: PathBuf,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        opts: PlanOpts,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -70,8 +84,9 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         #[arg(long)]
         json: bool,
     },
-    /// Remove every pin and link cgacct made under the root: programs
-    /// detach and are freed with their maps. Counters are lost.
+    /// Remove every pin and link cgacct made under the root, and detach
+    /// its programs wherever else they are attached: programs and maps are
+    /// freed. Counters are lost.
     #[command(
         after_help = "Example:\n  cgacct-pin destroy pin-layout.toml\n  cgacct-pin destroy --root /sys/fs/bpf/cgacct"
     )]
@@ -79,97 +94,258 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         layout: Option<PathBuf>,
         #[arg(long)]
         root: Option<PathBuf>,
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        lock_timeout: u64,
     },
 }
 
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cgacct-pin: error: {e:#}");
-            ExitCode::from(2)
+#[derive(clap::Args)]
+struct PlanOpts {
+    /// Override the layout's root on bpffs.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Exit 0 when nothing changes (or would change) and 4 when something does.
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Replace pinned maps whose shape no longer fits by new ones, copying
+    /// the counters (only a change of size can be copied).
+    #[arg(long, conflicts_with = "reset_maps")]
+    migrate_maps: bool,
+    /// Replace pinned maps whose shape no longer fits by new, empty ones.
+    #[arg(long)]
+    reset_maps: bool,
+}
+
+impl PlanOpts {
+    fn maps(&self) -> MapPolicy {
+        if self.migrate_maps {
+            MapPolicy::Migrate
+        } else if self.reset_maps {
+            MapPolicy::Reset
+        } else {
+            MapPolicy::Refuse
         }
     }
 }
 
-fn load_layout(path: &std::path::Path, root: Option<PathBuf>) -> Result<Layout> {
-    let mut layout = Layout::from_path(path)?;
+/// Exit statuses scripts can rely on (README, `apply --help`).
+mod exit {
+    pub const REFUSED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const PARTIAL: u8 = 3;
+    pub const CHANGED: u8 = 4;
+}
+
+/// Why a command failed, which decides its exit status.
+enum Failure {
+    /// Bad command line or layout: nothing changed.
+    Invalid(anyhow::Error),
+    /// The host, kernel, privileges, lock or pinned state refuse: nothing changed.
+    Refused(anyhow::Error),
+    /// Some actions were done.
+    Partial(apply::Partial),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Refused(e.into())
+    }
+}
+
+fn invalid(e: anyhow::Error) -> Failure {
+    Failure::Invalid(e)
+}
+
+/// What a successful command did.
+enum Done {
+    Unchanged,
+    Changed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let detailed = match &cli.command {
+        Command::Apply { opts, .. } | Command::Plan { opts, .. } => opts.detailed_exitcode,
+        _ => false,
+    };
+    match run(cli) {
+        Ok(Done::Changed) if detailed => ExitCode::from(exit::CHANGED),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(e)) => {
+            eprintln!("cgacct-pin: error: {e:#}");
+            ExitCode::from(exit::INVALID)
+        }
+        Err(Failure::Refused(e)) => {
+            eprintln!("cgacct-pin: error: {e:#}");
+            eprintln!("cgacct-pin: nothing was changed");
+            ExitCode::from(exit::REFUSED)
+        }
+        Err(Failure::Partial(p)) => {
+            eprintln!("cgacct-pin: error: {p}");
+            eprintln!(
+                "cgacct-pin: the kernel holds part of the plan; fix the cause and run apply again: \
+                 it continues from where this run stopped"
+            );
+            ExitCode::from(exit::PARTIAL)
+        }
+    }
+}
+
+fn load_layout(path: &std::path::Path, root: Option<PathBuf>) -> Result<Layout, Failure> {
+    let mut layout = Layout::from_path(path).map_err(invalid)?;
     if let Some(root) = root {
+        if !root.is_absolute() {
+            return Err(invalid(anyhow::anyhow!(
+                "--root {} must be an absolute path on bpffs",
+                root.display()
+            )));
+        }
         layout.root = root;
     }
     Ok(layout)
 }
 
-fn root_of(layout: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf> {
+fn root_of(layout: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf, Failure> {
     match (root, layout) {
         (Some(r), _) => Ok(r),
-        (None, Some(l)) => Ok(Layout::from_path(&l)?.root),
+        (None, Some(l)) => Ok(Layout::from_path(&l).map_err(invalid)?.root),
         (None, None) => Ok(PathBuf::from(DEFAULT_ROOT)),
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Discovers, plans and checks the plan; the caller decides whether to run it.
+fn make_plan(layout: &Layout, maps: MapPolicy) -> Result<(Context, Vec<plan::Action>), Failure> {
+    let ctx = Context::discover(layout)?;
+    for u in plan::unmatched(layout, &ctx.interfaces, &ctx.cgroups) {
+        if u.required {
+            return Err(invalid(anyhow::anyhow!(
+                "{} pattern {:?} matches nothing on this host, and the layout says required = true \
+                 in that section: create what it names, fix the pattern, or drop required",
+                u.key,
+                u.pattern
+            )));
+        }
+        eprintln!(
+            "cgacct-pin: warning: {} pattern {:?} matches nothing",
+            u.key, u.pattern
+        );
+    }
+    let actions = ctx.plan(layout, maps)?;
+    plan::check_names(&actions).map_err(invalid)?;
+    Ok((ctx, actions))
+}
+
+fn run(cli: Cli) -> Result<Done, Failure> {
     match cli.command {
         Command::Apply {
             layout,
-            root,
+            opts,
             dry_run,
+            json,
+            lock_timeout,
         } => {
-            let layout = load_layout(&layout, root)?;
-            let ctx = Context::discover(&layout, !dry_run)?;
-            let actions = ctx.plan(&layout)?;
+            let layout = load_layout(&layout, opts.root.clone())?;
+            host::check_privileges()?;
             if dry_run {
-                print_plan(&actions);
-                return Ok(());
+                let (_, actions) = make_plan(&layout, opts.maps())?;
+                print_plan(&actions, json)?;
+                return Ok(done(&actions));
             }
+            host::check_on_bpffs(&layout.root)?;
+            let created = apply::create_root(&layout.root)?;
+            let planned = apply::RootLock::take(&layout.root, Duration::from_secs(lock_timeout))
+                .map_err(Failure::from)
+                .and_then(|lock| Ok((lock, make_plan(&layout, opts.maps())?)));
+            let (_lock, (ctx, actions)) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    if created {
+                        let _ = std::fs::remove_dir(&layout.root);
+                    }
+                    return Err(e);
+                }
+            };
             if actions.is_empty() {
                 println!("nothing to do: {} matches the layout", layout.root.display());
             }
             if !ctx.pins.dots {
                 println!("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
             }
-            apply::execute(&layout, &ctx, &actions, |a| println!("{a}"))
+            apply::execute(&layout, &ctx, &actions, |a| println!("{a}")).map_err(Failure::Partial)?;
+            Ok(done(&actions))
         }
-        Command::Plan { layout, root, json } => {
-            let layout = load_layout(&layout, root)?;
-            let ctx = Context::discover(&layout, false)?;
-            let actions = ctx.plan(&layout)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&actions)?);
-            } else {
-                print_plan(&actions);
-            }
-            Ok(())
+        Command::Plan { layout, opts, json } => {
+            let layout = load_layout(&layout, opts.root.clone())?;
+            host::check_privileges()?;
+            let (_, actions) = make_plan(&layout, opts.maps())?;
+            print_plan(&actions, json)?;
+            Ok(done(&actions))
         }
-        Command::Status { layout, root, json } => status(&root_of(layout, root)?, json),
-        Command::Destroy { layout, root } => {
+        Command::Status { layout, root, json } => {
             let root = root_of(layout, root)?;
+            host::check_privileges()?;
+            status(&root, json)?;
+            Ok(Done::Unchanged)
+        }
+        Command::Destroy {
+            layout,
+            root,
+            lock_timeout,
+        } => {
+            let root = root_of(layout, root)?;
+            host::check_privileges()?;
             host::check_on_bpffs(&root)?;
-            let dots = root.is_dir() && cgacct_pin::names::probe_dots(&root)?;
-            let (removed, left) = apply::destroy(&Pins::new(&root, dots))?;
+            if !root.is_dir() {
+                println!("{} does not exist: nothing to destroy", root.display());
+                return Ok(Done::Unchanged);
+            }
+            let _lock = apply::RootLock::take(&root, Duration::from_secs(lock_timeout))?;
+            let mut l = Layout::parse("").map_err(invalid)?;
+            l.root = root.clone();
+            let ctx = Context::discover(&l)?;
+            let (removed, left) = apply::destroy(&ctx)?;
+            for s in &ctx.held.strays {
+                println!("detached program id {} from {}", s.prog_id, s.hook);
+            }
             for p in &removed {
                 println!("unpinned {}", p.display());
             }
             if left.is_empty() {
                 println!("{} removed ({} pins)", root.display(), removed.len());
-                Ok(())
+                Ok(Done::Changed)
             } else {
                 for p in &left {
                     eprintln!("left in place (not made by cgacct): {}", p.display());
                 }
-                anyhow::bail!("{} still holds entries cgacct did not make", root.display())
+                Err(Failure::Refused(anyhow::anyhow!(
+                    "{} still holds entries cgacct did not make",
+                    root.display()
+                )))
             }
         }
     }
 }
 
-fn print_plan(actions: &[plan::Action]) {
+fn done(actions: &[plan::Action]) -> Done {
+    if actions.is_empty() {
+        Done::Unchanged
+    } else {
+        Done::Changed
+    }
+}
+
+fn print_plan(actions: &[plan::Action], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(actions)?);
+        return Ok(());
+    }
     if actions.is_empty() {
         println!("nothing to do");
     }
     for a in actions {
         println!("would {a}");
     }
+    Ok(())
 }
 
 fn status(root: &std::path::Path, json: bool) -> Result<()> {

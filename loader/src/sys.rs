@@ -1,14 +1,21 @@
-//! The two bpf(2) calls aya 0.14 does not offer: creating a cgroup iterator
-//! link (aya's `Iter::attach` passes no iterator info, which the kernel
-//! rejects for cgroup iterators) and pinning a raw link fd. Nothing else in
-//! cgacct issues raw syscalls.
+//! The bpf(2) calls aya 0.14 does not offer, and nothing else: creating a
+//! cgroup iterator link (aya's `Iter::attach` passes no iterator info, which
+//! the kernel rejects for cgroup iterators), pinning a raw link fd, reading
+//! a link's target (aya's `LinkInfo` has only ids and type), updating and
+//! detaching a link, querying and detaching what is attached to a cgroup or
+//! interface hook, and reading a map value of a size known only at run time.
+//! Nothing else in cgacct issues raw syscalls.
 use std::{
     ffi::CStr,
     io, mem,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use aya_obj::generated::{bpf_attach_type::BPF_TRACE_ITER, bpf_attr, bpf_cmd};
+use aya_obj::generated::{
+    bpf_attach_type::{self, BPF_TRACE_ITER},
+    bpf_attr, bpf_cmd, bpf_link_info,
+    bpf_link_type::{BPF_LINK_TYPE_CGROUP, BPF_LINK_TYPE_ITER, BPF_LINK_TYPE_TCX},
+};
 
 /// The cgroup member of `union bpf_iter_link_info`.
 #[repr(C)]
@@ -76,4 +83,215 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
     attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
     bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: a C union of integers: all-zero is valid.
+    unsafe { mem::zeroed() }
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// What a link is attached to, from `bpf_link_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A TCX link; `ifindex` 0 once its interface is gone (defunct).
+    Tcx {
+        ifindex: u32,
+        attach_type: u32,
+    },
+    /// A cgroup link; `cgroup_id` 0 once its cgroup is gone (defunct).
+    Cgroup {
+        cgroup_id: u64,
+        attach_type: u32,
+    },
+    /// A cgroup iterator link.
+    CgroupIter {
+        cgroup_id: u64,
+        order: u32,
+    },
+    Other {
+        link_type: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub id: u32,
+    pub prog_id: u32,
+    pub target: LinkTarget,
+}
+
+pub const TCX_INGRESS: u32 = bpf_attach_type::BPF_TCX_INGRESS as u32;
+pub const TCX_EGRESS: u32 = bpf_attach_type::BPF_TCX_EGRESS as u32;
+pub const CGROUP_INGRESS: u32 = bpf_attach_type::BPF_CGROUP_INET_INGRESS as u32;
+pub const CGROUP_EGRESS: u32 = bpf_attach_type::BPF_CGROUP_INET_EGRESS as u32;
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of a link.
+pub fn link_state(link: BorrowedFd<'_>) -> io::Result<LinkState> {
+    // SAFETY: a C struct of integers and unions of integers: all-zero is valid.
+    let mut info: bpf_link_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = link.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: reading the union member that `type_` says the kernel filled.
+    let target = unsafe {
+        let u = &info.__bindgen_anon_1;
+        match info.type_ {
+            t if t == BPF_LINK_TYPE_TCX as u32 => LinkTarget::Tcx {
+                ifindex: u.tcx.ifindex,
+                attach_type: u.tcx.attach_type,
+            },
+            t if t == BPF_LINK_TYPE_CGROUP as u32 => LinkTarget::Cgroup {
+                cgroup_id: u.cgroup.cgroup_id,
+                attach_type: u.cgroup.attach_type,
+            },
+            t if t == BPF_LINK_TYPE_ITER as u32 => LinkTarget::CgroupIter {
+                cgroup_id: u.iter.__bindgen_anon_2.cgroup.cgroup_id,
+                order: u.iter.__bindgen_anon_2.cgroup.order,
+            },
+            t => LinkTarget::Other { link_type: t },
+        }
+    };
+    Ok(LinkState {
+        id: info.id,
+        prog_id: info.prog_id,
+        target,
+    })
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object (read-only use; changes nothing).
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).map(owned)
+}
+
+/// `BPF_LINK_UPDATE`: moves a link to another program in place; the hook
+/// never runs without a program.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = link.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+fn link_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.link_id = id;
+    bpf(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut attr).map(owned)
+}
+
+/// Ids of every link in the kernel (`BPF_LINK_GET_NEXT_ID`).
+pub fn link_ids() -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut id = 0;
+    loop {
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
+        if bpf(bpf_cmd::BPF_LINK_GET_NEXT_ID, &mut attr).is_err() {
+            return out;
+        }
+        // SAFETY: the kernel wrote next_id.
+        id = unsafe { attr.__bindgen_anon_6.next_id };
+        out.push(id);
+    }
+}
+
+/// What the link with this id is attached to.
+pub fn link_state_by_id(id: u32) -> io::Result<LinkState> {
+    link_state(link_fd_by_id(id)?.as_fd())
+}
+
+/// `BPF_LINK_DETACH` of a link that someone else holds (the link object
+/// lives on, attached to nothing, until its last holder lets go).
+pub fn link_detach_by_id(id: u32) -> io::Result<()> {
+    let fd = link_fd_by_id(id)?;
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// The target of a hook query: a cgroup directory fd or an interface index.
+#[derive(Clone, Copy)]
+pub enum Hook<'a> {
+    Cgroup(BorrowedFd<'a>),
+    Interface(u32),
+}
+
+impl Hook<'_> {
+    fn raw(self) -> u32 {
+        match self {
+            Hook::Cgroup(fd) => fd.as_raw_fd() as u32,
+            Hook::Interface(ifindex) => ifindex,
+        }
+    }
+}
+
+/// One program attached directly at a hook; `link_id` is 0 for a plain
+/// attachment, or when the kernel does not report links for this hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub prog_id: u32,
+    pub link_id: u32,
+}
+
+/// `BPF_PROG_QUERY`: the programs attached at one hook (not inherited ones).
+pub fn prog_query(hook: Hook<'_>, attach_type: u32) -> io::Result<Vec<Attached>> {
+    let mut cap = 8usize;
+    loop {
+        let mut progs = vec![0u32; cap];
+        let mut links = vec![0u32; cap];
+        let mut attr = zeroed_attr();
+        attr.query.__bindgen_anon_1.target_fd = hook.raw();
+        attr.query.attach_type = attach_type;
+        attr.query.prog_ids = progs.as_mut_ptr() as u64;
+        attr.query.__bindgen_anon_2.prog_cnt = cap as u32;
+        if matches!(hook, Hook::Interface(_)) {
+            attr.query.link_ids = links.as_mut_ptr() as u64;
+        }
+        let res = bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr);
+        // SAFETY: reading back the count the kernel wrote.
+        let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+        match res {
+            Ok(_) => {
+                return Ok(progs
+                    .iter()
+                    .zip(&links)
+                    .take(count.min(cap))
+                    .map(|(&prog_id, &link_id)| Attached { prog_id, link_id })
+                    .collect())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && count > cap => cap = count,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `BPF_PROG_DETACH` of one plainly attached program from a hook.
+pub fn prog_detach(hook: Hook<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_5.__bindgen_anon_1.target_fd = hook.raw();
+    attr.__bindgen_anon_5.attach_bpf_fd = prog.as_raw_fd() as u32;
+    attr.__bindgen_anon_5.attach_type = attach_type;
+    bpf(bpf_cmd::BPF_PROG_DETACH, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` of key 0 in an array map whose value size is
+/// known only at run time (a program's read-only data).
+pub fn array_value(map: BorrowedFd<'_>, value_size: usize) -> io::Result<Vec<u8>> {
+    let key = 0u32;
+    let mut value = vec![0u8; value_size];
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = std::ptr::from_ref(&key) as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
 }

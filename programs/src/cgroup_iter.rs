@@ -45,6 +45,10 @@ static NR_CPUS: u32 = 1;
 static CGROUP_KN_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static KERNFS_NODE_ID_OFFSET: u32 = 0;
+// Not used for counting: kept in the program's read-only data so that the
+// loader can read back which build is running.
+#[unsafe(no_mangle)]
+static BUILD_ID: u64 = 0;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/cgroup")]
@@ -56,6 +60,7 @@ pub extern "C" fn cgacct_net_stat(ctx: *mut IterCgroupCtx) -> i32 {
         let session = (*meta).session_id;
         let cgroup = (*ctx).cgroup;
         if cgroup.is_null() {
+            let _ = ptr::read_volatile(&BUILD_ID);
             epilogue(seq, session);
         } else {
             visit(cgroup, session, (*meta).seq_num);

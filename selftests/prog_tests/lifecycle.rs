@@ -1,7 +1,10 @@
 //! Re-apply keeps counters and adds no attachment; destroy leaves nothing.
 use std::process::Command;
 
-use crate::{require_kernel, world::World};
+use crate::{
+    require_kernel,
+    world::{eventually, World},
+};
 
 /// Number of programs on `iface`'s TCX hooks, both directions.
 fn tcx_programs(iface: &str) -> usize {
@@ -74,23 +77,13 @@ fn destroy_leaves_the_kernel_clean() {
     let ids = our_program_ids(&w);
     w.cgacct(&["destroy", "--root", w.root.to_str().expect("utf-8")]);
     assert!(!w.root.exists());
-    assert_eq!(tcx_programs(&w.host_if), 0);
-    assert_eq!(cgroup_attachments(&w), 0);
-    // Programs are freed after an RCU grace period: wait up to 5 s.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let live: Vec<u32> = aya::programs::loaded_programs()
+    // The kernel releases a link and then its program from a work queue
+    // after the last reference goes: wait up to 5 s for each.
+    eventually("TCX attachments gone", || tcx_programs(&w.host_if) == 0);
+    eventually("cgroup attachments gone", || cgroup_attachments(&w) == 0);
+    eventually("programs freed", || {
+        aya::programs::loaded_programs()
             .filter_map(Result::ok)
-            .map(|p| p.id())
-            .filter(|id| ids.contains(id))
-            .collect();
-        if live.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "programs {live:?} still loaded after destroy"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+            .all(|p| !ids.contains(&p.id()))
+    });
 }
