@@ -163,6 +163,108 @@ impl World {
         run(Command::new(BIN).args(args))
     }
 
+    /// Runs cgacct-pin with extra environment, whatever its exit status.
+    pub fn try_cgacct(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap_or_else(|e| panic!("spawning cgacct-pin: {e}"))
+    }
+
+    pub fn layout_arg(&self) -> &str {
+        self.layout.to_str().expect("utf-8 path")
+    }
+
+    /// `plan --json`: the planned actions.
+    pub fn plan(&self) -> Vec<serde_json::Value> {
+        let out = self.cgacct(&["plan", "--json", self.layout_arg()]);
+        serde_json::from_slice(&out.stdout).expect("plan --json")
+    }
+
+    /// Every link in the kernel attached to this world's veth or cgroups,
+    /// found by walking all links (not only our pins), sorted.
+    pub fn inventory(&self) -> Vec<cgacct_pin::sys::LinkState> {
+        use cgacct_pin::sys::{self, LinkTarget};
+        let ifindex: u32 = fs::read_to_string(format!("/sys/class/net/{}/ifindex", self.host_if))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        let ids: Vec<u64> = self
+            .cgroups
+            .iter()
+            .filter_map(|c| {
+                use std::os::unix::fs::MetadataExt as _;
+                fs::metadata(self.cgroup_mount.join(c)).ok().map(|m| m.ino())
+            })
+            .collect();
+        let mut out: Vec<_> = sys::link_ids()
+            .into_iter()
+            .filter_map(|id| sys::link_state_by_id(id).ok())
+            .filter(|l| match l.target {
+                LinkTarget::Tcx { ifindex: i, .. } => i == ifindex,
+                LinkTarget::Cgroup { cgroup_id, .. } | LinkTarget::CgroupIter { cgroup_id, .. } => {
+                    ids.contains(&cgroup_id)
+                }
+                LinkTarget::Other { .. } => false,
+            })
+            .collect();
+        out.sort_by_key(|l| l.id);
+        out
+    }
+
+    /// Ids of the programs pinned under our root, by name.
+    pub fn program_ids(&self) -> std::collections::BTreeMap<String, u32> {
+        cgacct_pin::plan::PROGRAMS
+            .iter()
+            .filter_map(|p| {
+                let info = aya::programs::ProgramInfo::from_pin(self.root.join("progs").join(p)).ok()?;
+                Some((p.to_string(), info.id()))
+            })
+            .collect()
+    }
+
+    /// The kernel holds exactly the standard layout (see `write_layout`)
+    /// for `stats` stats files: two TCX links on our veth, two cgroup links
+    /// on our subtree root, one iterator link per stats file, each on the
+    /// pinned program of its kind, nothing else attached to our world, and
+    /// `plan` finds nothing to do.
+    pub fn assert_converged(&self, stats: usize) {
+        use cgacct_common::programs as p;
+        use cgacct_pin::sys::LinkTarget;
+        let progs = self.program_ids();
+        assert_eq!(progs.len(), 5, "pinned programs: {progs:?}");
+        let links = self.inventory();
+        let count = |f: &dyn Fn(&LinkTarget) -> bool| links.iter().filter(|l| f(&l.target)).count();
+        assert_eq!(count(&|t| matches!(t, LinkTarget::Tcx { .. })), 2, "{links:?}");
+        assert_eq!(count(&|t| matches!(t, LinkTarget::Cgroup { .. })), 2, "{links:?}");
+        assert_eq!(
+            count(&|t| matches!(t, LinkTarget::CgroupIter { .. })),
+            stats,
+            "{links:?}"
+        );
+        for l in &links {
+            let want = match l.target {
+                LinkTarget::Tcx { attach_type, .. } if attach_type == cgacct_pin::sys::TCX_INGRESS => {
+                    p::TC_INGRESS
+                }
+                LinkTarget::Tcx { .. } => p::TC_EGRESS,
+                LinkTarget::Cgroup { attach_type, .. } if attach_type == cgacct_pin::sys::CGROUP_INGRESS => {
+                    p::CGROUP_INGRESS
+                }
+                LinkTarget::Cgroup { .. } => p::CGROUP_EGRESS,
+                _ => p::CGROUP_ITER,
+            };
+            assert_eq!(
+                Some(&l.prog_id),
+                progs.get(want),
+                "link {l:?} is not on the pinned {want}"
+            );
+        }
+        let plan = self.plan();
+        assert!(plan.is_empty(), "plan after convergence: {plan:#?}");
+    }
+
     pub fn apply(&self) -> String {
         let out = self.cgacct(&["apply", self.layout.to_str().expect("utf-8 path")]);
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -20,7 +20,8 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .next()
         .with_context(|| {
             "no cgroup2 mount found in /proc/self/mountinfo: cgacct needs cgroup v2 \
-         (mount it with `mount -t cgroup2 none /sys/fs/cgroup`, or boot with \
+         and does not work on a cgroup-v1-only host (mount it with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`, or boot with \
          systemd.unified_cgroup_hierarchy=1)"
                 .to_string()
         })
@@ -68,6 +69,14 @@ pub fn check_on_bpffs(path: &Path) -> Result<()> {
         bail!("statfs {}: {}", probe.display(), std::io::Error::last_os_error());
     }
     if st.f_type as i64 != BPF_FS_MAGIC {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if mounts_of_type(&info, "bpf").is_empty() {
+            bail!(
+                "no BPF filesystem (bpffs) is mounted, so {} cannot hold pins: mount one with \
+                 `mount -t bpf bpf /sys/fs/bpf` (scripts/setup.sh does)",
+                path.display()
+            );
+        }
         bail!(
             "{} is not on a BPF filesystem (bpffs): set `root` in the layout to a path under \
              a bpffs mount such as /sys/fs/bpf, or mount one with `mount -t bpf bpf /sys/fs/bpf`",

@@ -15,7 +15,10 @@ pub struct Offsets {
 
 pub fn offsets() -> Result<Offsets> {
     let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
-        format!("cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+        format!(
+            "cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs the kernel's BTF, which \
+             Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"
+        )
     })?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
@@ -66,4 +69,12 @@ pub fn nr_cpus() -> Result<u32> {
         );
     }
     Ok(n)
+}
+
+/// Everything loading the programs needs from the running kernel, checked
+/// before anything is changed.
+pub fn check() -> Result<()> {
+    offsets()?;
+    nr_cpus()?;
+    Ok(())
 }

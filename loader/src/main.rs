@@ -232,6 +232,12 @@ fn make_plan(layout: &Layout, maps: MapPolicy) -> Result<(Context, Vec<plan::Act
     }
     let actions = ctx.plan(layout, maps)?;
     plan::check_names(&actions).map_err(invalid)?;
+    if actions
+        .iter()
+        .any(|a| matches!(a, plan::Action::LoadPrograms { .. }))
+    {
+        cgacct_pin::kernel::check()?;
+    }
     Ok((ctx, actions))
 }
 

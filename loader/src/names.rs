@@ -135,6 +135,7 @@ pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> i
     };
     let mode = fs::metadata(parent)?.permissions().mode() & 0o7777;
     fs::set_permissions(parent, fs::Permissions::from_mode(0o000))?;
+    crate::fault::step();
     let result = op();
     let restored = fs::set_permissions(parent, fs::Permissions::from_mode(mode));
     let value = result?;

@@ -6,4 +6,5 @@
 mod world;
 
 mod counts;
+mod faults;
 mod lifecycle;
