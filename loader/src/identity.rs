@@ -54,7 +54,7 @@ pub fn running_build(prog_pin: &Path) -> Result<Option<u64>> {
         ProgramInfo::from_pin(prog_pin).with_context(|| format!("reading program {}", prog_pin.display()))?;
     for id in info.map_ids()?.unwrap_or_default() {
         let map = MapInfo::from_id(id)?;
-        if map.name_as_str() != Some(".rodata") || map.value_size() as usize != size {
+        if map.name() != b".rodata" || map.value_size() as usize != size {
             continue;
         }
         let fd = map.fd()?;

@@ -6,5 +6,6 @@
 mod world;
 
 mod counts;
+mod declarative;
 mod faults;
 mod lifecycle;
