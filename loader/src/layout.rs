@@ -140,7 +140,8 @@ pub struct AccessRules {
 }
 
 impl AccessRules {
-    /// The root holds both trees: it must let stats readers through.
+    /// The root holds both trees: it must let stats readers through (it
+    /// takes the stats group).
     pub fn root_dir_mode(&self) -> u32 {
         self.private.dir_mode() | (self.stats.dir_mode() & 0o555)
     }

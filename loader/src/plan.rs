@@ -557,7 +557,10 @@ fn unpin_extra<'a>(
 pub fn wanted_access(layout: &Layout, pins: &Pins, path: &Path) -> Option<(Access, bool)> {
     let rules = &layout.access;
     if path == pins.root {
+        // Stats readers pass through the root (its group is theirs); the
+        // private directories below it stay closed to them.
         let mut a = rules.private;
+        a.gid = rules.stats.gid;
         a.mode = rules.root_dir_mode();
         return Some((a, true));
     }

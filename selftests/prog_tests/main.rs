@@ -5,6 +5,8 @@
 #[path = "../world.rs"]
 mod world;
 
+mod access;
+mod bad_input;
 mod counts;
 mod declarative;
 mod faults;
