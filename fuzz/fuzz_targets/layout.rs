@@ -1,0 +1,25 @@
+//! Any bytes given to the layout parser: an `Ok` or an error, never a
+//! panic; a layout that parses has only what validation allows.
+#![no_main]
+
+#[path = "../../loader/src/select.rs"]
+mod select;
+
+#[path = "../../loader/src/layout.rs"]
+mod layout;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(l) = layout::Layout::parse(text) {
+        assert!(l.root.is_absolute());
+        assert!(l.maps.cgroups > 0 && l.maps.interfaces > 0 && l.maps.readers > 0);
+        assert_eq!(l.access.private.mode & !0o666, 0);
+        assert_eq!(l.access.stats.mode & !0o666, 0);
+        for p in &l.stats_cgroups {
+            let _ = p.matches("a/b.scope/c");
+        }
+        for p in &l.tc_interfaces {
+            let _ = p.matches("veth0");
+        }
+    }
+});
