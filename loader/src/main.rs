@@ -373,6 +373,14 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         .iter()
         .map(|p| (p, pins.prog(p).exists()))
         .collect();
+    let iter_pin = pins.prog(cgacct_common::programs::CGROUP_ITER);
+    let build = if iter_pin.exists() {
+        cgacct_pin::identity::running_build(&iter_pin)?
+    } else {
+        None
+    };
+    let this_build = format!("{:016x}", cgacct_pin::identity::this_build());
+    let build = build.map(|b| format!("{b:016x}"));
     let tc = plan::two_level_pins(&pins.tc_links())?;
     let cg = plan::two_level_pins(&pins.cgroup_links())?;
     let stats = plan::stats_files(&pins)?;
@@ -390,6 +398,7 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         };
         let v = serde_json::json!({
             "root": root,
+            "build": build, "this_build": this_build,
             "programs": programs.iter().map(|(p, ok)| serde_json::json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
             "tc_links": tc, "cgroup_links": cg, "stats_files": stats,
             "cgroups": snap.cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
@@ -400,6 +409,11 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("root {}", root.display());
+    match &build {
+        Some(b) if *b == this_build => println!("build {b} (this binary's)"),
+        Some(b) => println!("build {b} (this binary is {this_build}: `apply` upgrades in place)"),
+        None => println!("build unknown (this binary is {this_build})"),
+    }
     for (p, ok) in &programs {
         println!("program {p} {}", if *ok { "pinned" } else { "MISSING" });
     }
