@@ -1,0 +1,93 @@
+//! `cgacct-bench`: cgacct's costs measured against the floor and against
+//! what operators would otherwise run, side by side in one run. See
+//! BENCHMARKS.md for the method and the latest results; run it with
+//! `sudo scripts/bench.sh` (`--smoke` for the short CI mode).
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, ValueEnum};
+
+mod packet;
+mod report;
+mod world;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Packet,
+    Throughput,
+    Attach,
+    Reads,
+    Watch,
+    Memory,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "cgacct-bench",
+    about = "Benchmarks cgacct against the floor and the alternatives, and prints a table",
+    after_help = "Example:\n  sudo scripts/bench.sh\n  sudo scripts/bench.sh --smoke\n  sudo scripts/bench.sh --only packet --only reads"
+)]
+struct Cli {
+    /// Tiny sizes and few repetitions: checks that every measurement runs (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Run only these sections (repeatable); default: all.
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+    /// The cgacct-pin binary under test (default: next to this binary).
+    #[arg(long)]
+    cgacct_pin: Option<PathBuf>,
+    /// Name prefix of every kernel object the run creates (default: cgb<pid>).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Remove everything a run with this prefix created, then exit.
+    #[arg(long, value_name = "PREFIX")]
+    cleanup: Option<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cgacct-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cgacct_pin = match cli.cgacct_pin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("cgacct-pin"),
+    };
+    if let Some(prefix) = cli.cleanup {
+        world::cleanup(&prefix, Some(&cgacct_pin));
+        return Ok(ExitCode::SUCCESS);
+    }
+    world::catch_signals();
+    let want = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
+    let mut report = report::Report::default();
+    if want(Section::Packet) {
+        eprintln!("== 1. packet path");
+        let o = if cli.smoke {
+            packet::Options {
+                repeat: 10_000,
+                rounds: 3,
+            }
+        } else {
+            packet::Options {
+                repeat: 1_000_000,
+                rounds: 11,
+            }
+        };
+        packet::run(&mut report, &o)?;
+    }
+    println!("{}", report.table());
+    Ok(if report.missed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
