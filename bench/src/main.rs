@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
 mod packet;
+mod reads;
 mod report;
 mod world;
 
@@ -83,6 +84,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         };
         packet::run(&mut report, &o)?;
+    }
+    let needs_world = [Section::Throughput, Section::Attach, Section::Reads, Section::Watch, Section::Memory]
+        .into_iter()
+        .any(want);
+    if needs_world {
+        let prefix = cli
+            .prefix
+            .unwrap_or_else(|| format!("cgb{}", std::process::id() % 100_000));
+        let w = world::World::new(&prefix, &cgacct_pin)?;
+        if want(Section::Reads) {
+            eprintln!("== 4. reads");
+            let o = if cli.smoke {
+                reads::Options {
+                    children: 20,
+                    dump_keys: 1000,
+                    rounds: 3,
+                    reads: 200,
+                }
+            } else {
+                reads::Options {
+                    children: 1000,
+                    dump_keys: 10_000,
+                    rounds: 11,
+                    reads: 5000,
+                }
+            };
+            reads::run_section(&mut report, &w, &o)?;
+        }
+        drop(w);
     }
     println!("{}", report.table());
     Ok(if report.missed() == 0 {
