@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 mod packet;
 mod reads;
 mod report;
+mod scale;
 mod world;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,14 +86,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         };
         packet::run(&mut report, &o)?;
     }
-    let needs_world = [Section::Throughput, Section::Attach, Section::Reads, Section::Watch, Section::Memory]
-        .into_iter()
-        .any(want);
+    let needs_world = [
+        Section::Throughput,
+        Section::Attach,
+        Section::Reads,
+        Section::Watch,
+        Section::Memory,
+    ]
+    .into_iter()
+    .any(want);
     if needs_world {
         let prefix = cli
             .prefix
             .unwrap_or_else(|| format!("cgb{}", std::process::id() % 100_000));
-        let w = world::World::new(&prefix, &cgacct_pin)?;
+        let mut w = world::World::new(&prefix, &cgacct_pin)?;
+        if want(Section::Attach) {
+            eprintln!("== 3. attach at scale");
+            let o = if cli.smoke {
+                scale::Options {
+                    n: 10,
+                    rounds: 1,
+                    reapplies: 2,
+                    profile: true,
+                }
+            } else {
+                scale::Options {
+                    n: 1000,
+                    rounds: 3,
+                    reapplies: 5,
+                    profile: true,
+                }
+            };
+            scale::run_section(&mut report, &mut w, &o)?;
+        }
         if want(Section::Reads) {
             eprintln!("== 4. reads");
             let o = if cli.smoke {

@@ -1,12 +1,7 @@
 //! 4. Reads: one `net.stat` beside a cgroupfs stat file of the same cgroup,
 //! a subtree total over many descendants, and the full dump of the maps
 //! that `status` (and any metrics exporter) does, by batch and key by key.
-use std::{
-    fs,
-    io::Read as _,
-    path::Path,
-    time::Instant,
-};
+use std::{fs, io::Read as _, path::Path, time::Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
@@ -64,7 +59,9 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
             "root = {root:?}\n[cgroup_skb]\nattach = [\"/{parent_rel}\"]\n[stats]\ncgroups = [\"/{parent_rel}/**\"]\n"
         ),
     )?;
-    run(std::process::Command::new(&w.cgacct_pin).arg("apply").arg(&layout))?;
+    run(std::process::Command::new(&w.cgacct_pin)
+        .arg("apply")
+        .arg(&layout))?;
     let pins = Pins::new(&root, true);
     let leaf_rel = format!("{parent_rel}/c0");
     let leaf_stat = pins.stats_file(&leaf_rel);
@@ -76,7 +73,11 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         .copied()
         .unwrap_or(0);
     if walked != o.children as u64 + 1 {
-        bail!("{} summed {walked} cgroups, expected {}", parent_stat.display(), o.children + 1);
+        bail!(
+            "{} summed {walked} cgroups, expected {}",
+            parent_stat.display(),
+            o.children + 1
+        );
     }
 
     let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
@@ -97,8 +98,22 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         sub.push(time_reads(&parent_stat, sub_reads)?);
         sub_cpu.push(time_reads(&parent_cpu, sub_reads)?);
     }
-    report.figure(SECTION, "net.stat of one cgroup (open, read, close)", summary(&ours)?, Unit::Us, "", Verdict::Info);
-    report.figure(SECTION, "cpu.stat of the same cgroup (cgroupfs)", summary(&theirs)?, Unit::Us, "", Verdict::Info);
+    report.figure(
+        SECTION,
+        "net.stat of one cgroup (open, read, close)",
+        summary(&ours)?,
+        Unit::Us,
+        "",
+        Verdict::Info,
+    );
+    report.figure(
+        SECTION,
+        "cpu.stat of the same cgroup (cgroupfs)",
+        summary(&theirs)?,
+        Unit::Us,
+        "",
+        Verdict::Info,
+    );
     let r = summary(&ratio)?;
     report.figure(
         SECTION,
@@ -135,7 +150,9 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
 fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     let root = w.root("dump");
     let layout = w.layout("dump", &format!("root = {root:?}\n"))?;
-    run(std::process::Command::new(&w.cgacct_pin).arg("apply").arg(&layout))?;
+    run(std::process::Command::new(&w.cgacct_pin)
+        .arg("apply")
+        .arg(&layout))?;
     let pins = Pins::new(&root, true);
     let cpus = cgacct_pin::kernel::nr_cpus()? as usize;
     let value = |k: u64| -> Result<PerCpuValues<Counters>> {
@@ -175,7 +192,9 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     if a.cgroups != b.cgroups || a.tc_cgroups != b.tc_cgroups || a.interfaces != b.interfaces {
         bail!("batch and key-by-key reads of {} differ", root.display());
     }
-    if a.cgroups.len() != o.dump_keys || a.cgroups.get(&7).map(|c| c.rx_packets) != Some(7 * cpus as u64 + (0..cpus as u64).sum::<u64>()) {
+    if a.cgroups.len() != o.dump_keys
+        || a.cgroups.get(&7).map(|c| c.rx_packets) != Some(7 * cpus as u64 + (0..cpus as u64).sum::<u64>())
+    {
         bail!("the dump read {} cgroups or wrong sums", a.cgroups.len());
     }
 
@@ -204,13 +223,30 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     let s = summary(&batch)?;
     report.figure(
         SECTION,
-        format!("dump of {n} cgroups x 2 maps + {} interfaces, batch (status)", n / 10),
+        format!(
+            "dump of {n} cgroups x 2 maps + {} interfaces, batch (status)",
+            n / 10
+        ),
         s,
         Unit::Ms,
         "<= 50 ms",
         Verdict::from_goal(s.median <= 50.0),
     );
-    report.figure(SECTION, "the same dump key by key (aya iteration)", summary(&keyed)?, Unit::Ms, "", Verdict::Info);
-    report.figure(SECTION, "key by key / batch", summary(&ratio)?, Unit::Ratio, "", Verdict::Info);
+    report.figure(
+        SECTION,
+        "the same dump key by key (aya iteration)",
+        summary(&keyed)?,
+        Unit::Ms,
+        "",
+        Verdict::Info,
+    );
+    report.figure(
+        SECTION,
+        "key by key / batch",
+        summary(&ratio)?,
+        Unit::Ratio,
+        "",
+        Verdict::Info,
+    );
     w.destroy_root(&root)
 }

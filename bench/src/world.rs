@@ -165,13 +165,32 @@ impl World {
         Ok(())
     }
 
-    /// Deletes veth pairs `0..n`.
-    pub fn del_veths(&mut self, n: usize) -> Result<()> {
-        let mut batch = String::new();
-        for i in 0..n {
-            batch.push_str(&format!("link del {}\n", self.host_if(i)));
+    /// Deletes every veth pair at once (by deleting the netns that holds
+    /// the peers), waits until the host sides are gone, and makes a fresh
+    /// netns: attachments and filters go with the interfaces.
+    pub fn del_veths(&mut self) -> Result<()> {
+        run(Command::new("ip").args(["netns", "del", &self.netns]))?;
+        let start = std::time::Instant::now();
+        while self.host_ifs_left()? > 0 {
+            if start.elapsed().as_secs() > 120 {
+                bail!(
+                    "veths {} still present 120 s after deleting their netns",
+                    self.host_if_glob()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        ip_batch(&batch, true)
+        run(Command::new("ip").args(["netns", "add", &self.netns]))?;
+        self.veths = 0;
+        Ok(())
+    }
+
+    fn host_ifs_left(&self) -> Result<usize> {
+        let host = format!("{}h", self.prefix);
+        Ok(fs::read_dir("/sys/class/net")?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&host))
+            .count())
     }
 
     /// A cgroup below our directory (`rel` relative to it), as a path below the mount.
