@@ -1,4 +1,4 @@
-//! 1. Packet path: per-run cost of each counting program with
+//! Section 1, packet path: per-run cost of each counting program with
 //! `BPF_PROG_TEST_RUN`, beside the floor (an empty program of the same
 //! type) and the naive design (one shared hash map with atomic adds).
 //!

@@ -1,4 +1,4 @@
-//! 4. Reads: one `net.stat` beside a cgroupfs stat file of the same cgroup,
+//! Section 4, reads: one `net.stat` beside a cgroupfs stat file of the same cgroup,
 //! a subtree total over many descendants, and the full dump of the maps
 //! that `status` (and any metrics exporter) does, by batch and key by key.
 use std::{fs, io::Read as _, path::Path, time::Instant};

@@ -88,7 +88,6 @@ pub enum Unit {
     Ratio,
     Bytes,
     KiB,
-    Count,
 }
 
 pub fn fmt(v: f64, unit: Unit) -> String {
@@ -100,7 +99,6 @@ pub fn fmt(v: f64, unit: Unit) -> String {
         Unit::Ratio => format!("{v:.2}x"),
         Unit::Bytes => format!("{v:.0} B"),
         Unit::KiB => format!("{v:.0} KiB"),
-        Unit::Count => format!("{v:.0}"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! 3. Attach at scale: from nothing to N veths and N cgroups attached, with
+//! Section 3, attach at scale: from nothing to N veths and N cgroups attached, with
 //! their stats files, by `cgacct-pin apply`, against the same attachments
 //! made the way operators script them today: a shell loop of `tc qdisc add
 //! ... clsact` and `tc filter add ... bpf da pinned ...` per interface and
@@ -161,7 +161,7 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
     );
     report.figure(
         SECTION,
-        format!("shell loop: tc clsact + 2 filters per veth, 2 bpftool attach per cgroup (no stats files)"),
+        "shell loop: tc clsact + 2 filters per veth, 2 bpftool attach per cgroup (no stats files)",
         summary(&theirs)?,
         Unit::Ms,
         "",

@@ -1,6 +1,7 @@
 //! Everything the benchmark creates in the kernel, under one prefix:
 //!
-//! - network namespace `<prefix>-ns` (peer ends of every veth pair),
+//! - network namespaces `<prefix>-ns` (peer ends of the attach-at-scale
+//!   veths) and `<prefix>-tp` (the throughput server),
 //! - veth pairs `<prefix>h<i>` (this namespace) / `<prefix>p<i>` (in the netns),
 //! - cgroups below `<cgroup2 mount>/<prefix>/`,
 //! - layout roots below `/sys/fs/bpf/<prefix>/`,
@@ -283,10 +284,14 @@ pub fn remove_cgroup_tree(mount: &Path, dir: &Path) -> Result<()> {
 /// Removes everything with this prefix (see the module doc). Best effort:
 /// reports what it could not remove on stderr.
 pub fn cleanup(prefix: &str, cgacct_pin: Option<&Path>) {
-    // The peers live in the netns: deleting it deletes every veth pair.
-    let netns = format!("{prefix}-ns");
-    if Path::new("/run/netns").join(&netns).exists() {
-        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+    // The peers live in our netns: deleting them deletes every veth pair.
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{prefix}-")) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
     }
     if let Ok(entries) = fs::read_dir("/sys/class/net") {
         let mut batch = String::new();

@@ -13,10 +13,7 @@ use crate::{names::Pins, sys};
 /// without `BPF_MAP_LOOKUP_BATCH` (< 5.6) are read key by key.
 pub fn map_totals<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     match map_totals_batch(path) {
-        Err(e)
-            if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())
-                == Some(libc::EINVAL) =>
-        {
+        Err(e) if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
             map_totals_by_key(path)
         }
         other => other,
@@ -48,8 +45,14 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Co
     let mut out = BTreeMap::new();
     let mut token = None;
     loop {
-        let (n, more) = sys::map_lookup_batch(data.fd().as_fd(), &mut token, &mut keys, &mut values, chunk as u32)
-            .map_err(anyhow::Error::from)?;
+        let (n, more) = sys::map_lookup_batch(
+            data.fd().as_fd(),
+            &mut token,
+            &mut keys,
+            &mut values,
+            chunk as u32,
+        )
+        .map_err(anyhow::Error::from)?;
         for i in 0..n as usize {
             // SAFETY: the kernel wrote `n` keys of `key_size` bytes; K is Pod.
             let key: K = unsafe { std::ptr::read_unaligned(keys[i * key_size..].as_ptr().cast()) };
