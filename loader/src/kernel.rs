@@ -14,7 +14,9 @@ pub struct Offsets {
 }
 
 pub fn offsets() -> Result<Offsets> {
-    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
+    // Mapped and parsed lazily: the default (parse every type up front,
+    // seeking in the file for each) took most of apply's time.
+    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).with_context(|| {
         format!(
             "cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs the kernel's BTF, which \
              Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"

@@ -1,15 +1,78 @@
 //! Reading counters back: from the pinned maps (summing per-CPU slots) and
 //! from `net.stat` text.
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use cgacct_common::{maps, Counters};
 
-use crate::names::Pins;
+use crate::{names::Pins, sys};
 
 /// Every key of a pinned per-CPU counters map, with its CPU slots summed.
+/// Reads the map in batches (a few syscalls for the whole map); kernels
+/// without `BPF_MAP_LOOKUP_BATCH` (< 5.6) are read key by key.
 pub fn map_totals<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    match map_totals_batch(path) {
+        Err(e) if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
+            map_totals_by_key(path)
+        }
+        other => other,
+    }
+}
+
+/// [`map_totals`] with `BPF_MAP_LOOKUP_BATCH`.
+pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = data.info()?;
+    let key_size = size_of::<K>();
+    let value_size = size_of::<Counters>();
+    if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
+        bail!(
+            "map {} has key size {} and value size {}, expected {key_size} and {value_size}",
+            path.display(),
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    let cpus = crate::kernel::nr_cpus()? as usize;
+    // Per-CPU values come out as `cpus` values, each padded to 8 bytes
+    // (Counters is 32 bytes: no padding).
+    let stride = value_size.next_multiple_of(8) * cpus;
+    // A batch never splits a hash bucket: ask for plenty per call.
+    let chunk = (info.max_entries() as usize).clamp(1, 4096);
+    let mut keys = vec![0u8; chunk * key_size];
+    let mut values = vec![0u8; chunk * stride];
+    let mut out = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let (n, more) = sys::map_lookup_batch(
+            data.fd().as_fd(),
+            &mut token,
+            &mut keys,
+            &mut values,
+            chunk as u32,
+        )
+        .map_err(anyhow::Error::from)?;
+        for i in 0..n as usize {
+            // SAFETY: the kernel wrote `n` keys of `key_size` bytes; K is Pod.
+            let key: K = unsafe { std::ptr::read_unaligned(keys[i * key_size..].as_ptr().cast()) };
+            let mut total = Counters::default();
+            for cpu in 0..cpus {
+                let off = i * stride + cpu * value_size.next_multiple_of(8);
+                // SAFETY: in bounds (stride), Counters is Pod.
+                let v: Counters = unsafe { std::ptr::read_unaligned(values[off..].as_ptr().cast()) };
+                total.add(&v);
+            }
+            out.insert(key, total);
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// [`map_totals`] key by key (two syscalls per key), as aya iterates.
+pub fn map_totals_by_key<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
     let mut out = BTreeMap::new();

@@ -3,8 +3,9 @@
 //! the kernel rejects for cgroup iterators), pinning a raw link fd, reading
 //! a link's target (aya's `LinkInfo` has only ids and type), updating and
 //! detaching a link, querying and detaching what is attached to a cgroup or
-//! interface hook, and reading a map value of a size known only at run time.
-//! Nothing else in cgacct issues raw syscalls.
+//! interface hook, reading a map value of a size known only at run time,
+//! and reading a map in batches (`BPF_MAP_LOOKUP_BATCH`). Nothing else in
+//! cgacct issues raw syscalls.
 use std::{
     ffi::CStr,
     io, mem,
@@ -294,4 +295,48 @@ pub fn array_value(map: BorrowedFd<'_>, value_size: usize) -> io::Result<Vec<u8>
     attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
     bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     Ok(value)
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` of a hash map: copies up to `count` entries
+/// into `keys` (`count * key_size` bytes) and `values` (`count * value_size`
+/// bytes, per-CPU values as the kernel lays them out: each CPU's value
+/// rounded up to 8 bytes). `token` carries the position between calls
+/// (`None` for the first). Returns how many entries were copied and whether
+/// the map has more.
+pub fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    token: &mut Option<u32>,
+    keys: &mut [u8],
+    values: &mut [u8],
+    count: u32,
+) -> io::Result<(u32, bool)> {
+    let mut out_token = 0u32;
+    let in_token = token.unwrap_or(0);
+    // SAFETY: a C union of integers: all-zero is valid.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: writing the batch member of the zeroed union; the buffers
+    // outlive the call and hold `count` entries (checked by the callers).
+    unsafe {
+        let b = &mut attr.batch;
+        b.map_fd = map.as_raw_fd() as u32;
+        if token.is_some() {
+            b.in_batch = std::ptr::from_ref(&in_token) as u64;
+        }
+        b.out_batch = std::ptr::from_mut(&mut out_token) as u64;
+        b.keys = keys.as_mut_ptr() as u64;
+        b.values = values.as_mut_ptr() as u64;
+        b.count = count;
+    }
+    let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+    // SAFETY: the kernel wrote the count back into the same member.
+    let copied = unsafe { attr.batch.count };
+    match result {
+        Ok(_) => {
+            *token = Some(out_token);
+            Ok((copied, true))
+        }
+        // ENOENT: the walk reached the end; `copied` entries are valid.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((copied, false)),
+        Err(e) => Err(e),
+    }
 }
