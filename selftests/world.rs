@@ -92,16 +92,17 @@ impl World {
             prefix,
             cgroups: Vec::new(),
         };
-        let (ns, h, p, net) = (&w.netns, &w.host_if, format!("{}p", w.prefix), 200 + n % 50);
+        let (ns, h, p) = (&w.netns, &w.host_if, format!("{}p", w.prefix));
+        let (h4, p4, v6) = (w.addr4(1), w.addr4(2), w.subnet6());
         sh(&format!(
             "ip netns add {ns}
              ip link add {h} type veth peer name {p}
              ip link set {p} netns {ns}
-             ip addr add 10.214.{net}.1/30 dev {h}
-             ip -6 addr add fd00:214:{net}::1/64 dev {h} nodad
+             ip addr add {h4}/30 dev {h}
+             ip -6 addr add {v6}::1/64 dev {h} nodad
              ip link set {h} up
-             ip -n {ns} addr add 10.214.{net}.2/30 dev {p}
-             ip -n {ns} -6 addr add fd00:214:{net}::2/64 dev {p} nodad
+             ip -n {ns} addr add {p4}/30 dev {p}
+             ip -n {ns} -6 addr add {v6}::2/64 dev {p} nodad
              ip -n {ns} link set {p} up
              ip -n {ns} link set lo up"
         ));
@@ -115,12 +116,31 @@ impl World {
         w
     }
 
+    /// Which of 16384 subnets this world uses: from the process id and the
+    /// world's number, so that test runs of other processes on the same
+    /// host (which route in the same root namespace) do not collide.
+    fn subnet_index(&self) -> u32 {
+        (std::process::id().wrapping_mul(64) + self.n) % 16384
+    }
+
+    /// Address `host` (1: host side, 2: namespace side) of this world's
+    /// IPv4 /30: 10.214.0.0/16 holds 16384 of them.
+    fn addr4(&self, host: u32) -> String {
+        let i = self.subnet_index();
+        format!("10.214.{}.{}", i / 64, (i % 64) * 4 + host)
+    }
+
+    /// This world's IPv6 /64 prefix (without the trailing "::").
+    fn subnet6(&self) -> String {
+        format!("fd00:214:{:x}", self.subnet_index())
+    }
+
     pub fn ipv4_peer(&self) -> String {
-        format!("10.214.{}.2", 200 + self.n % 50)
+        self.addr4(2)
     }
 
     pub fn ipv6_peer(&self) -> String {
-        format!("fd00:214:{}::2", 200 + self.n % 50)
+        format!("{}::2", self.subnet6())
     }
 
     /// Path of one of our cgroups below the cgroup2 mount ("" = our root).

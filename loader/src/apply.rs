@@ -11,8 +11,7 @@ use aya::{
     maps::{MapInfo, MapType},
     programs::{
         links::{CgroupAttachMode, FdLink},
-        tc::TcAttachOptions,
-        CgroupSkb, CgroupSkbAttachType, Iter, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSkb, CgroupSkbAttachType, Iter, SchedClassifier,
     },
     Btf, EbpfLoader,
 };
@@ -21,9 +20,10 @@ use cgacct_common::{globals, maps, programs as prog, Counters, IterAcc};
 use crate::{
     host, kernel,
     layout::Layout,
-    names::{self, Direction, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
+    names::{self, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     plan::{self, Action, World},
     sys::{self, CgroupIterOrder},
+    tc_attach,
 };
 
 /// The BPF object built from programs/ by build.rs.
@@ -123,15 +123,7 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
                 h.tc[i] = Some(SchedClassifier::from_pin(pins.prog(name))?);
             }
             let p = h.tc[i].as_mut().ok_or_else(|| anyhow!("tc program not open"))?;
-            let kind = match direction {
-                Direction::Ingress => TcAttachType::Ingress,
-                Direction::Egress => TcAttachType::Egress,
-            };
-            let id = p
-                .attach_with_options(interface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|e| tc_error(interface, e))?;
-            let link: FdLink = p.take_link(id)?.try_into()?;
-            pin_link(pins, pin, link)
+            tc_attach::attach(pins, p, interface, *direction, pin)
         }
         Action::AttachCgroup {
             cgroup,
@@ -172,22 +164,11 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
             Ok(())
         }
         Action::Unpin { pin, .. } => {
+            tc_attach::release(pins, pin)?;
             fs::remove_file(pin)?;
             remove_empty_parents(&pins.root, pin);
             Ok(())
         }
-    }
-}
-
-fn tc_error(interface: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    let text = format!("{e}");
-    if text.contains("Invalid argument") || text.contains("not supported") {
-        anyhow!(
-            "attaching to {interface} with a TCX link failed ({e}): TCX needs Linux >= 6.6 \
-             with CONFIG_NET_XGRESS"
-        )
-    } else {
-        anyhow!("attaching to {interface}: {e}")
     }
 }
 
@@ -329,6 +310,7 @@ pub fn destroy(pins: &Pins) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     }
     for dir in [pins.tc_links(), pins.cgroup_links()] {
         for pin in plan::two_level_pins(&dir)? {
+            tc_attach::release(pins, &pin)?;
             fs::remove_file(&pin)?;
             removed.push(pin);
         }

@@ -6,7 +6,7 @@
 //! [`layout`] (file -> validated layout, with [`select`] patterns) ->
 //! [`plan`] (what the kernel should hold vs what it holds, found through
 //! [`host`] and [`names`]) -> [`apply`] (kernel operations, with [`kernel`]
-//! facts and the raw calls of [`sys`]) -> [`read`] (maps and text).
+//! facts and the raw calls of [`sys`]; TCX or clsact by [`tc_attach`]) -> [`read`] (maps and text).
 pub mod apply;
 pub mod host;
 pub mod kernel;
@@ -16,3 +16,4 @@ pub mod plan;
 pub mod read;
 pub mod select;
 pub mod sys;
+pub mod tc_attach;

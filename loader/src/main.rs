@@ -128,6 +128,9 @@ fn run(cli: Cli) -> Result<()> {
             if !ctx.pins.dots {
                 println!("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
             }
+            if let Some(note) = cgacct_pin::tc_attach::apply_note(&actions)? {
+                println!("note: {note}");
+            }
             apply::execute(&layout, &ctx, &actions, |a| println!("{a}"))
         }
         Command::Plan { layout, root, json } => {
@@ -210,6 +213,7 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
             "root": root,
             "programs": programs.iter().map(|(p, ok)| serde_json::json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
             "tc_links": tc, "cgroup_links": cg, "stats_files": stats,
+            "tc_attach": cgacct_pin::tc_attach::choice()?,
             "cgroups": snap.cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
             "tc_cgroups": snap.tc_cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
             "interfaces": snap.interfaces.iter().map(|(i, c)| serde_json::json!({"ifindex": i, "name": ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
@@ -218,6 +222,7 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("root {}", root.display());
+    println!("{}", cgacct_pin::tc_attach::choice()?.describe());
     for (p, ok) in &programs {
         println!("program {p} {}", if *ok { "pinned" } else { "MISSING" });
     }

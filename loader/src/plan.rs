@@ -108,7 +108,7 @@ pub fn plan(w: &World<'_>) -> Result<Vec<Action>> {
         for direction in Direction::BOTH {
             let pin = w.pins.tc_link(&iface.name, direction);
             want.insert(pin.clone());
-            if !pin.exists() {
+            if !crate::tc_attach::is_attached(&pin, iface.ifindex, direction)? {
                 actions.push(Action::AttachTc {
                     interface: iface.name.clone(),
                     direction,
