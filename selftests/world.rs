@@ -57,6 +57,12 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Whether this kernel attaches TC programs as TCX links (else clsact
+/// filters), as cgacct-pin decides it.
+pub fn tcx() -> bool {
+    cgacct_pin::tc_attach::choice().expect("tc attach probe").mode == cgacct_pin::tc_attach::Mode::Tcx
+}
+
 /// Waits up to 5 s for `cond`, for what the kernel does asynchronously
 /// (freeing links and programs after their last reference goes).
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -102,19 +108,11 @@ impl World {
             prefix,
             cgroups: Vec::new(),
         };
-        let (ns, h, p, net) = (&w.netns, &w.host_if, format!("{}p", w.prefix), 200 + n % 50);
         sh(&format!(
-            "ip netns add {ns}
-             ip link add {h} type veth peer name {p}
-             ip link set {p} netns {ns}
-             ip addr add 10.214.{net}.1/30 dev {h}
-             ip -6 addr add fd00:214:{net}::1/64 dev {h} nodad
-             ip link set {h} up
-             ip -n {ns} addr add 10.214.{net}.2/30 dev {p}
-             ip -n {ns} -6 addr add fd00:214:{net}::2/64 dev {p} nodad
-             ip -n {ns} link set {p} up
-             ip -n {ns} link set lo up"
+            "ip netns add {}\nip -n {} link set lo up",
+            w.netns, w.netns
         ));
+        w.add_veth();
         fs::create_dir(w.cgroup_mount.join(&w.cgroup_root)).expect("mkdir test cgroup");
         w.cgroups.push(w.cgroup_root.clone());
         for c in cgroups {
@@ -125,12 +123,48 @@ impl World {
         w
     }
 
+    /// Which of 16384 subnets this world uses: from the process id and the
+    /// world's number, so that test runs of other processes on the same
+    /// host (which route in the same root namespace) do not collide.
+    /// Creates the veth pair (host side up with its addresses, peer in the
+    /// netns): at creation, and again after a test deleted it.
+    pub fn add_veth(&self) {
+        let (ns, h, p) = (&self.netns, &self.host_if, format!("{}p", self.prefix));
+        let (h4, p4, v6) = (self.addr4(1), self.addr4(2), self.subnet6());
+        sh(&format!(
+            "ip link add {h} type veth peer name {p}
+             ip link set {p} netns {ns}
+             ip addr add {h4}/30 dev {h}
+             ip -6 addr add {v6}::1/64 dev {h} nodad
+             ip link set {h} up
+             ip -n {ns} addr add {p4}/30 dev {p}
+             ip -n {ns} -6 addr add {v6}::2/64 dev {p} nodad
+             ip -n {ns} link set {p} up"
+        ));
+    }
+
+    fn subnet_index(&self) -> u32 {
+        (std::process::id().wrapping_mul(64) + self.n) % 16384
+    }
+
+    /// Address `host` (1: host side, 2: namespace side) of this world's
+    /// IPv4 /30: 10.214.0.0/16 holds 16384 of them.
+    fn addr4(&self, host: u32) -> String {
+        let i = self.subnet_index();
+        format!("10.214.{}.{}", i / 64, (i % 64) * 4 + host)
+    }
+
+    /// This world's IPv6 /64 prefix (without the trailing "::").
+    fn subnet6(&self) -> String {
+        format!("fd00:214:{:x}", self.subnet_index())
+    }
+
     pub fn ipv4_peer(&self) -> String {
-        format!("10.214.{}.2", 200 + self.n % 50)
+        self.addr4(2)
     }
 
     pub fn ipv6_peer(&self) -> String {
-        format!("fd00:214:{}::2", 200 + self.n % 50)
+        format!("{}::2", self.subnet6())
     }
 
     /// Path of one of our cgroups below the cgroup2 mount ("" = our root).
@@ -206,7 +240,7 @@ impl World {
                 LinkTarget::Cgroup { cgroup_id, .. } | LinkTarget::CgroupIter { cgroup_id, .. } => {
                     ids.contains(&cgroup_id)
                 }
-                LinkTarget::Other { .. } => false,
+                LinkTarget::Clsact { .. } | LinkTarget::Other { .. } => false,
             })
             .collect();
         out.sort_by_key(|l| l.id);
@@ -225,10 +259,11 @@ impl World {
     }
 
     /// The kernel holds exactly the standard layout (see `write_layout`)
-    /// for `stats` stats files: two TCX links on our veth, two cgroup links
-    /// on our subtree root, one iterator link per stats file, each on the
-    /// pinned program of its kind, nothing else attached to our world, and
-    /// `plan` finds nothing to do.
+    /// for `stats` stats files: two TC programs on our veth (TCX links, or
+    /// clsact filters on kernels without TCX), two cgroup links on our
+    /// subtree root, one iterator link per stats file, each on the pinned
+    /// program of its kind, nothing else attached to our world, and `plan`
+    /// finds nothing to do.
     pub fn assert_converged(&self, stats: usize) {
         use cgacct_common::programs as p;
         use cgacct_pin::sys::LinkTarget;
@@ -236,7 +271,18 @@ impl World {
         assert_eq!(progs.len(), 5, "pinned programs: {progs:?}");
         let links = self.inventory();
         let count = |f: &dyn Fn(&LinkTarget) -> bool| links.iter().filter(|l| f(&l.target)).count();
-        assert_eq!(count(&|t| matches!(t, LinkTarget::Tcx { .. })), 2, "{links:?}");
+        let tc = cgacct_pin::tc_attach::attached_programs(&self.host_if).expect("tc attachments");
+        assert_eq!(
+            tc.tcx + tc.clsact,
+            2,
+            "tc attachments on {}: {tc:?}",
+            self.host_if
+        );
+        assert_eq!(
+            count(&|t| matches!(t, LinkTarget::Tcx { .. })),
+            tc.tcx,
+            "{links:?}"
+        );
         assert_eq!(count(&|t| matches!(t, LinkTarget::Cgroup { .. })), 2, "{links:?}");
         assert_eq!(
             count(&|t| matches!(t, LinkTarget::CgroupIter { .. })),

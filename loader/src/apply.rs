@@ -16,9 +16,7 @@ use aya::{
     maps::{Map, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
         links::{CgroupAttachMode, FdLink},
-        loaded_programs,
-        tc::TcAttachOptions,
-        CgroupSkb, CgroupSkbAttachType, Iter, LinkOrder, SchedClassifier, TcAttachType,
+        loaded_programs, CgroupSkb, CgroupSkbAttachType, Iter, SchedClassifier,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -29,9 +27,10 @@ use crate::{
     held::{self, Held, Stray, StrayTarget},
     host, identity, kernel,
     layout::Layout,
-    names::{self, Direction, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
+    names::{self, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     plan::{self, Action, MapPolicy, World},
     sys::{self, CgroupIterOrder, Hook},
+    tc_attach,
 };
 
 /// The BPF object built from programs/ by build.rs.
@@ -260,23 +259,17 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
             pin,
             replace,
         } => {
-            remove_old(pin, replace.is_some())?;
+            remove_old(pins, pin, replace.is_some())?;
             let i = *direction as usize;
             if s.tc[i].is_none() {
                 let name = [prog::TC_INGRESS, prog::TC_EGRESS][i];
                 s.tc[i] = Some(SchedClassifier::from_pin(pins.prog(name))?);
             }
             let p = s.tc[i].as_mut().ok_or_else(|| anyhow!("tc program not open"))?;
-            let kind = match direction {
-                Direction::Ingress => TcAttachType::Ingress,
-                Direction::Egress => TcAttachType::Egress,
-            };
             fault::step();
-            let id = p
-                .attach_with_options(interface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|e| tc_error(interface, e))?;
-            let link: FdLink = p.take_link(id)?.try_into()?;
-            pin_link(layout, pins, pin, link)
+            tc_attach::attach(pins, p, interface, *direction, pin)?;
+            settle_access(layout, pins, pin)?;
+            Ok(())
         }
         Action::AttachCgroup {
             cgroup,
@@ -285,7 +278,7 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
             replace,
             ..
         } => {
-            remove_old(pin, replace.is_some())?;
+            remove_old(pins, pin, replace.is_some())?;
             let i = *direction as usize;
             let kind = [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress][i];
             if s.cg[i].is_none() {
@@ -304,7 +297,7 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
         Action::PinStats {
             cgroup, pin, replace, ..
         } => {
-            remove_old(pin, replace.is_some())?;
+            remove_old(pins, pin, replace.is_some())?;
             if s.iter.is_none() {
                 s.iter = Some(Iter::from_pin(pins.prog(prog::CGROUP_ITER))?);
             }
@@ -327,6 +320,7 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
         }
         Action::Unpin { pin, .. } => {
             fault::step();
+            tc_attach::release(pins, pin)?;
             fs::remove_file(pin)?;
             remove_empty_parents(&pins.root, pin);
             Ok(())
@@ -340,10 +334,12 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
     }
 }
 
-/// Removes the pin an attach action replaces.
-fn remove_old(pin: &Path, replace: bool) -> Result<()> {
+/// Removes the pin an attach action replaces (and a clsact filter it
+/// stands for).
+fn remove_old(pins: &Pins, pin: &Path, replace: bool) -> Result<()> {
     if replace {
         fault::step();
+        tc_attach::release(pins, pin)?;
         match fs::remove_file(pin) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", pin.display()))
@@ -416,18 +412,6 @@ fn detach(ctx: &Context, stray: &Stray) -> Result<()> {
 
 fn held_by_us(ctx: &Context, link_id: u32) -> bool {
     ctx.held.links.values().flatten().any(|l| l.id == link_id)
-}
-
-fn tc_error(interface: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    let text = format!("{e}");
-    if text.contains("Invalid argument") || text.contains("not supported") {
-        anyhow!(
-            "attaching to {interface} with a TCX link failed ({e}): TCX needs Linux >= 6.6 \
-             with CONFIG_NET_XGRESS"
-        )
-    } else {
-        anyhow!("attaching to {interface}: {e}")
-    }
 }
 
 fn open_cgroup(mount: &Path, display_path: &str) -> Result<fs::File> {
@@ -569,6 +553,7 @@ pub fn destroy(ctx: &Context) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     }
     for dir in [pins.tc_links(), pins.cgroup_links()] {
         for pin in plan::two_level_pins(&dir)? {
+            tc_attach::release(pins, &pin)?;
             fs::remove_file(&pin)?;
             removed.push(pin);
         }

@@ -20,6 +20,7 @@ use crate::{
     names::{Direction, Pins},
     plan::{self, MapShape, PROGRAMS},
     sys::{self, Attached, Hook, LinkState},
+    tc_attach,
 };
 
 /// A pinned program.
@@ -66,6 +67,10 @@ pub fn read_link(pin: &Path) -> Result<Option<LinkState>> {
     let Ok(fd) = sys::obj_get(pin) else {
         return Ok(None);
     };
+    // The info call answers for any kind of object: ask for links only.
+    if sys::fd_kind(fd.as_fd())? != sys::ObjectKind::Link {
+        return Ok(None);
+    }
     Ok(sys::link_state(fd.as_fd()).ok())
 }
 
@@ -103,7 +108,10 @@ pub fn read(pins: &Pins, interfaces: &[Interface], cgroups: &[Cgroup], cgroup_mo
     link_pins.extend(plan::two_level_pins(&pins.cgroup_links())?);
     link_pins.extend(plan::stats_files(pins)?);
     for pin in link_pins {
-        let state = read_link(&pin)?;
+        let mut state = read_link(&pin)?;
+        if state.is_none() && pin.starts_with(pins.tc_links()) {
+            state = tc_attach::marker_state(pins, &pin, interfaces)?;
+        }
         held.links.insert(pin, state);
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;

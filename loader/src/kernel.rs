@@ -22,10 +22,25 @@ pub fn offsets() -> Result<Offsets> {
              Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"
         )
     })?;
+    require_cgroup_iter(&btf)?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
         kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
     })
+}
+
+/// cgacct's net.stat files are cgroup iterators (Linux >= 6.1, which also
+/// has every helper the programs call). A kernel without them has no
+/// `bpf_iter_cgroup` in its BTF; say so instead of failing inside the loader.
+fn require_cgroup_iter(btf: &Btf) -> Result<()> {
+    match btf.resolve_types_by_name("bpf_iter_cgroup") {
+        Ok(types) if !types.is_empty() => Ok(()),
+        _ => bail!(
+            "this kernel has no cgroup iterator (bpf_iter_cgroup is not in {VMLINUX_BTF}): \
+             cgacct's net.stat files need Linux >= 6.1 with CONFIG_CGROUPS and BPF iterators; \
+             the kernels cgacct is tested on are listed in README.md (Supported kernels)"
+        ),
+    }
 }
 
 /// Byte offset of `strukt.member`, looking into anonymous structs and unions.

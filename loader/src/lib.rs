@@ -6,8 +6,9 @@
 //! [`layout`] (file -> validated layout, with [`select`] patterns) ->
 //! [`plan`] (what the kernel should hold, from [`host`] and [`names`], vs
 //! what it holds, from [`held`] and [`identity`]) -> [`apply`] (kernel
-//! operations, with [`kernel`] facts and the raw calls of [`sys`]; [`fault`]
-//! lets tests stop it anywhere) -> [`read`] (maps and text).
+//! operations, with [`kernel`] facts and the raw calls of [`sys`]; TCX or
+//! clsact by [`tc_attach`]; [`fault`] lets tests stop it anywhere) ->
+//! [`read`] (maps and text).
 pub mod apply;
 pub mod fault;
 pub mod held;
@@ -20,3 +21,4 @@ pub mod plan;
 pub mod read;
 pub mod select;
 pub mod sys;
+pub mod tc_attach;

@@ -277,6 +277,9 @@ fn run(cli: Cli) -> Result<Done, Failure> {
             if !ctx.pins.dots {
                 println!("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
             }
+            if let Some(note) = cgacct_pin::tc_attach::apply_note(&actions)? {
+                println!("note: {note}");
+            }
             apply::execute(&layout, &ctx, &actions, |a| println!("{a}")).map_err(Failure::Partial)?;
             Ok(done(&actions))
         }
@@ -323,10 +326,14 @@ fn run(cli: Cli) -> Result<Done, Failure> {
                 for p in &left {
                     eprintln!("left in place (not made by cgacct): {}", p.display());
                 }
-                Err(Failure::Refused(anyhow::anyhow!(
-                    "{} still holds entries cgacct did not make",
-                    root.display()
-                )))
+                Err(Failure::Partial(apply::Partial {
+                    done: removed.len(),
+                    total: removed.len() + left.len(),
+                    source: anyhow::anyhow!(
+                        "{} still holds entries cgacct did not make; they are left as they are",
+                        root.display()
+                    ),
+                }))
             }
         }
     }
@@ -401,6 +408,7 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
             "build": build, "this_build": this_build,
             "programs": programs.iter().map(|(p, ok)| serde_json::json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
             "tc_links": tc, "cgroup_links": cg, "stats_files": stats,
+            "tc_attach": cgacct_pin::tc_attach::choice()?,
             "cgroups": snap.cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
             "tc_cgroups": snap.tc_cgroups.iter().map(|(id, c)| serde_json::json!({"id": id, "path": cg_name(id), "counters": counters(c)})).collect::<Vec<_>>(),
             "interfaces": snap.interfaces.iter().map(|(i, c)| serde_json::json!({"ifindex": i, "name": ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
@@ -414,6 +422,7 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         Some(b) => println!("build {b} (this binary is {this_build}: `apply` upgrades in place)"),
         None => println!("build unknown (this binary is {this_build})"),
     }
+    println!("{}", cgacct_pin::tc_attach::choice()?.describe());
     for (p, ok) in &programs {
         println!("program {p} {}", if *ok { "pinned" } else { "MISSING" });
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! <root>/progs/<program>              pinned programs
 //! <root>/maps/<map>                   pinned shared maps (lower-case names)
-//! <root>/links/tc/<ifname>/<dir>      TCX links, dir = ingress | egress
+//! <root>/links/tc/<ifname>/<dir>      TCX links (clsact: the attached program), dir = ingress | egress
 //! <root>/links/cgroup/<id>/<dir>      cgroup_skb links, by cgroup id
 //! <root>/<cgroup path>/net.stat       cgroup iterator links, mirroring cgroupfs
 //! ```

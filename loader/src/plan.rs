@@ -159,7 +159,7 @@ pub enum Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = |replace: &Option<String>| match replace {
-            Some(why) => format!("replace ({why}):"),
+            Some(why) => format!("replace ({why}): "),
             None => String::new(),
         };
         match self {
@@ -329,6 +329,14 @@ pub fn plan(w: &World<'_>) -> Result<Vec<Action>> {
                         "attached to ifindex {ifindex}, but {} is ifindex {} now",
                         iface.name, iface.ifindex
                     )),
+                    LinkTarget::Clsact { attached: false } => Some("its clsact filter is gone".to_string()),
+                    LinkTarget::Clsact { .. } => {
+                        let name = [prog::TC_INGRESS, prog::TC_EGRESS][direction as usize];
+                        if !reload && w.held.programs.get(name).map(|p| p.id) == Some(l.prog_id) {
+                            continue;
+                        }
+                        Some("a clsact filter cannot move to another program in place".to_string())
+                    }
                     LinkTarget::Tcx { attach_type: t, .. } if t == attach_type => {
                         keep.push((
                             pin.clone(),

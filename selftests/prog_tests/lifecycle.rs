@@ -6,17 +6,11 @@ use crate::{
     world::{eventually, World},
 };
 
-/// Number of programs on `iface`'s TCX hooks, both directions.
-fn tcx_programs(iface: &str) -> usize {
-    let mut n = 0;
-    for kind in [
-        aya::programs::TcAttachType::Ingress,
-        aya::programs::TcAttachType::Egress,
-    ] {
-        let (_, progs) = aya::programs::SchedClassifier::query_tcx(iface, kind).expect("query tcx");
-        n += progs.len();
-    }
-    n
+/// Number of programs on `iface`'s TC hooks, both directions: TCX links
+/// or clsact bpf filters, whichever this kernel uses.
+fn tc_programs(iface: &str) -> usize {
+    let a = cgacct_pin::tc_attach::attached_programs(iface).expect("query tc attachments");
+    a.tcx + a.clsact
 }
 
 fn cgroup_attachments(w: &World) -> usize {
@@ -49,7 +43,7 @@ fn reapply_keeps_counters_and_adds_no_attachment() {
     let w = World::new(&["a.scope"]);
     w.write_layout();
     w.apply();
-    assert_eq!(tcx_programs(&w.host_if), 2);
+    assert_eq!(tc_programs(&w.host_if), 2);
     assert_eq!(cgroup_attachments(&w), 2);
     w.send_udp("a.scope", false, 9, 100);
     let before = w.stat("a.scope");
@@ -60,7 +54,7 @@ fn reapply_keeps_counters_and_adds_no_attachment() {
         out.contains("nothing to do"),
         "second apply changed something:\n{out}"
     );
-    assert_eq!(tcx_programs(&w.host_if), 2);
+    assert_eq!(tc_programs(&w.host_if), 2);
     assert_eq!(cgroup_attachments(&w), 2);
     assert_eq!(our_program_ids(&w), ids, "programs were reloaded");
     assert_eq!(w.stat("a.scope"), before);
@@ -79,7 +73,7 @@ fn destroy_leaves_the_kernel_clean() {
     assert!(!w.root.exists());
     // The kernel releases a link and then its program from a work queue
     // after the last reference goes: wait up to 5 s for each.
-    eventually("TCX attachments gone", || tcx_programs(&w.host_if) == 0);
+    eventually("TC attachments gone", || tc_programs(&w.host_if) == 0);
     eventually("cgroup attachments gone", || cgroup_attachments(&w) == 0);
     eventually("programs freed", || {
         aya::programs::loaded_programs()

@@ -11,3 +11,4 @@ mod counts;
 mod declarative;
 mod faults;
 mod lifecycle;
+mod tc_modes;
