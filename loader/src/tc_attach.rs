@@ -415,3 +415,44 @@ fn bpf_filter(m: &TcMessage) -> Option<Filter> {
     // The dump also reports each hook's chain head without options.
     (is_bpf && f.prog_id.is_some()).then_some(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: &str, options: Vec<TcOption>, info: u32, handle: u32) -> TcMessage {
+        let mut m = TcMessage::with_index(7);
+        m.header.info = info;
+        m.header.handle = TcHandle::from(handle);
+        m.attributes.push(TcAttribute::Kind(kind.into()));
+        m.attributes.push(TcAttribute::Options(options));
+        m
+    }
+
+    #[test]
+    fn bpf_filters_are_read_from_dump_messages() {
+        // Priority in the upper 16 bits of info, protocol (ETH_P_ALL, big
+        // endian) in the lower.
+        let m = message(
+            "bpf",
+            vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgName("cgacct_tc_egress".into())),
+                TcOption::Bpf(TcFilterBpfOption::ProgId(42)),
+            ],
+            (49152 << 16) | 0x0300,
+            1,
+        );
+        assert_eq!(
+            bpf_filter(&m),
+            Some(Filter {
+                priority: 49152,
+                handle: 1,
+                prog_id: Some(42),
+                prog_name: Some("cgacct_tc_egress".into()),
+            })
+        );
+        // A chain head without a program, and filters of other kinds, are not ours.
+        assert_eq!(bpf_filter(&message("bpf", vec![], 49152 << 16, 0)), None);
+        assert_eq!(bpf_filter(&message("u32", vec![], 49152 << 16, 0x800)), None);
+    }
+}
