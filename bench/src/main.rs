@@ -184,7 +184,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     println!("{}", report.table());
     if cli.smoke {
-        println!("smoke mode: sizes far below the goals' own; this run only shows that every measurement works.");
+        println!(
+            "smoke mode: sizes far below the goals' own; this run only shows that every measurement works."
+        );
         return Ok(ExitCode::SUCCESS);
     }
     Ok(if report.missed() == 0 {
