@@ -15,13 +15,20 @@ pub struct Offsets {
 
 pub fn offsets() -> Result<Offsets> {
     // Mapped and parsed lazily: the default (parse every type up front,
-    // seeking in the file for each) took most of apply's time.
-    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).with_context(|| {
-        format!(
-            "cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs the kernel's BTF, which \
-             Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"
-        )
-    })?;
+    // seeking in the file for each) took most of apply's time. Kernels that
+    // cannot map the sysfs file (6.1 answers ENODEV) get it read whole and
+    // parsed in memory.
+    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .or_else(|_| {
+            let bytes = std::fs::read(VMLINUX_BTF)?;
+            Btf::from_bytes(&bytes).map_err(anyhow::Error::from)
+        })
+        .with_context(|| {
+            format!(
+                "cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs the kernel's BTF, which \
+                 Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"
+            )
+        })?;
     require_cgroup_iter(&btf)?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
