@@ -25,7 +25,7 @@ use cgacct_common::{globals, maps, programs as prog, Counters};
 use crate::{
     fault,
     held::{self, Held, Stray, StrayTarget},
-    host, identity, kernel,
+    build_id, host, kernel,
     layout::Layout,
     names::{self, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     plan::{self, Action, MapPolicy, World},
@@ -450,7 +450,7 @@ fn remove_empty_parents(root: &Path, path: &Path) {
 fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
-    let build = identity::this_build();
+    let build = build_id::this_build();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(globals::NR_CPUS, &nr_cpus, true)

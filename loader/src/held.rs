@@ -16,7 +16,7 @@ use cgacct_common::{maps, programs as prog};
 
 use crate::{
     host::{Cgroup, Interface},
-    identity,
+    build_id,
     names::{Direction, Pins},
     plan::{self, MapShape, PROGRAMS},
     sys::{self, Attached, Hook, LinkState},
@@ -102,7 +102,7 @@ pub fn read(pins: &Pins, interfaces: &[Interface], cgroups: &[Cgroup], cgroup_mo
         );
     }
     if held.programs.contains_key(prog::CGROUP_ITER) {
-        held.build = identity::running_build(&pins.prog(prog::CGROUP_ITER))?;
+        held.build = build_id::running_build(&pins.prog(prog::CGROUP_ITER))?;
     }
     let mut link_pins = plan::two_level_pins(&pins.tc_links())?;
     link_pins.extend(plan::two_level_pins(&pins.cgroup_links())?);

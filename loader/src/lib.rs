@@ -5,7 +5,7 @@
 //! The data flows one way, one module per step:
 //! [`layout`] (file -> validated layout, with [`select`] patterns) ->
 //! [`plan`] (what the kernel should hold, from [`host`] and [`names`], vs
-//! what it holds, from [`held`] and [`identity`]) -> [`apply`] (kernel
+//! what it holds, from [`held`] and [`build_id`]) -> [`apply`] (kernel
 //! operations, with [`kernel`] facts and the raw calls of [`sys`]; TCX or
 //! clsact by [`tc_attach`]; [`fault`] lets tests stop it anywhere) ->
 //! [`read`] (maps and text).
@@ -13,7 +13,7 @@ pub mod apply;
 pub mod fault;
 pub mod held;
 pub mod host;
-pub mod identity;
+pub mod build_id;
 pub mod kernel;
 pub mod layout;
 pub mod names;

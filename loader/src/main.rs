@@ -382,11 +382,11 @@ fn status(root: &std::path::Path, json: bool) -> Result<()> {
         .collect();
     let iter_pin = pins.prog(cgacct_common::programs::CGROUP_ITER);
     let build = if iter_pin.exists() {
-        cgacct_pin::identity::running_build(&iter_pin)?
+        cgacct_pin::build_id::running_build(&iter_pin)?
     } else {
         None
     };
-    let this_build = format!("{:016x}", cgacct_pin::identity::this_build());
+    let this_build = format!("{:016x}", cgacct_pin::build_id::this_build());
     let build = build.map(|b| format!("{b:016x}"));
     let tc = plan::two_level_pins(&pins.tc_links())?;
     let cg = plan::two_level_pins(&pins.cgroup_links())?;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     held::{Held, Stray},
     host::{Cgroup, Interface},
-    identity,
+    build_id,
     layout::{Access, Layout},
     names::{Direction, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     sys::{self, LinkTarget},
@@ -285,9 +285,9 @@ pub fn plan(w: &World<'_>) -> Result<Vec<Action>> {
     let mut actions = Vec::new();
     let replace_maps = map_actions(w)?;
     let upgrade = match w.held.build {
-        Some(b) if b != identity::this_build() => Some(format!(
+        Some(b) if b != build_id::this_build() => Some(format!(
             "upgrade: the kernel runs build {b:016x}, this is build {:016x}; links move in place",
-            identity::this_build()
+            build_id::this_build()
         )),
         None if !w.held.programs.is_empty() => Some("upgrade: the pinned programs carry no build id".into()),
         _ => None,
