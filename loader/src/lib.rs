@@ -8,7 +8,9 @@
 //! [`host`] and [`names`]) -> [`apply`] (kernel operations, with [`kernel`]
 //! facts and the raw calls of [`sys`]) -> [`read`] (maps and text).
 pub mod apply;
+pub mod cgroup_tree;
 pub mod host;
+pub mod identity;
 pub mod kernel;
 pub mod layout;
 pub mod names;

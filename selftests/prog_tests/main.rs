@@ -7,3 +7,4 @@ mod world;
 
 mod counts;
 mod lifecycle;
+mod tree;
