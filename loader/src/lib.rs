@@ -13,6 +13,7 @@ pub mod host;
 pub mod identity;
 pub mod kernel;
 pub mod layout;
+pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod read;

@@ -80,6 +80,21 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Serve the counters as Prometheus text at http://ADDR/metrics.
+    #[command(
+        after_help = "Example:\n  cgacct-pin export --listen 127.0.0.1:9465\n  curl -s 127.0.0.1:9465/metrics\n\n\
+Per-cgroup series carry the cgroup's own counts and labels cgroup, name, and unit, container_id, \
+pod_uid where known. Port 0 picks a free port; the bound address is printed."
+    )]
+    Export {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Address to listen on, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,6 +157,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { layout, root, json } => status(&root_of(layout, root)?, json),
+        Command::Export { layout, root, listen } => {
+            cgacct_pin::metrics::serve(&root_of(layout, root)?, &listen)
+        }
         Command::Destroy { layout, root } => {
             let root = root_of(layout, root)?;
             host::check_on_bpffs(&root)?;

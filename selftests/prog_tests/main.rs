@@ -6,5 +6,6 @@
 mod world;
 
 mod counts;
+mod export;
 mod lifecycle;
 mod tree;
