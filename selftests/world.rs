@@ -115,6 +115,13 @@ impl World {
         w
     }
 
+    /// Makes one more cgroup below our subtree (removed with the world).
+    pub fn add_cgroup(&mut self, rel: &str) {
+        let path = self.cgroup(rel);
+        fs::create_dir(self.cgroup_mount.join(&path)).expect("mkdir cgroup");
+        self.cgroups.push(path);
+    }
+
     pub fn ipv4_peer(&self) -> String {
         format!("10.214.{}.2", 200 + self.n % 50)
     }

@@ -19,3 +19,4 @@ pub mod plan;
 pub mod read;
 pub mod select;
 pub mod sys;
+pub mod top;

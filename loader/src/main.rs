@@ -80,6 +80,34 @@ Running apply again reuses the pinned maps (counters are kept) and adds no attac
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Live per-cgroup rates (bytes/s, packets/s, each direction), sorted,
+    /// refreshed in place.
+    #[command(
+        after_help = "Example:\n  cgacct-pin top\n  cgacct-pin top --once --interval 5\n  cgacct-pin top --json --once | jq '.cgroups[0]'\n\n\
+Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containerd:<id>, pod:<uid>."
+    )]
+    Top {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Seconds between refreshes (the averaging window).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Take one interval, print it, exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one JSON object per refresh.
+        #[arg(long)]
+        json: bool,
+        /// Show at most N cgroups.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value = "socket")]
+        source: cgacct_pin::top::Source,
+        #[arg(long, value_enum, default_value = "total")]
+        sort: cgacct_pin::top::SortBy,
+    },
     /// Serve the counters as Prometheus text at http://ADDR/metrics.
     #[command(
         after_help = "Example:\n  cgacct-pin export --listen 127.0.0.1:9465\n  curl -s 127.0.0.1:9465/metrics\n\n\
@@ -157,6 +185,29 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { layout, root, json } => status(&root_of(layout, root)?, json),
+        Command::Top {
+            layout,
+            root,
+            interval,
+            once,
+            json,
+            limit,
+            source,
+            sort,
+        } => {
+            if !(interval.is_finite() && interval > 0.0 && interval < 86400.0) {
+                anyhow::bail!("--interval {interval} is out of range: give seconds, e.g. 1 or 0.5");
+            }
+            let o = cgacct_pin::top::Options {
+                interval: std::time::Duration::from_secs_f64(interval),
+                once,
+                json,
+                limit,
+                source,
+                sort,
+            };
+            cgacct_pin::top::run(&root_of(layout, root)?, &o)
+        }
         Command::Export { layout, root, listen } => {
             cgacct_pin::metrics::serve(&root_of(layout, root)?, &listen)
         }

@@ -8,4 +8,5 @@ mod world;
 mod counts;
 mod export;
 mod lifecycle;
+mod top;
 mod tree;
