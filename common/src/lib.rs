@@ -48,6 +48,10 @@ pub struct IterAcc {
     pub own_tc: Counters,
     /// Subtree counts from the TC hooks.
     pub subtree_tc: Counters,
+    /// The cgroup's own counts through the interfaces it owns.
+    pub own_veth: Counters,
+    /// Subtree counts through owned interfaces.
+    pub subtree_veth: Counters,
 }
 
 /// Cgroup id under which TC counts traffic whose skb has no socket.
@@ -67,8 +71,23 @@ pub mod maps {
     pub const IFACE_STATS: &str = "IFACE_STATS";
     /// LRU hash: iterator session id (`u64`) -> [`crate::IterAcc`].
     pub const ITER_SCRATCH: &str = "ITER_SCRATCH";
+    /// Hash: ifindex (`u32`) -> id (`u64`) of the cgroup behind that
+    /// interface (a container behind its host-side veth). Filled by the loader.
+    pub const IFACE_OWNER: &str = "IFACE_OWNER";
+    /// Per-CPU hash: owner cgroup id (`u64`) -> [`crate::Counters`] of every
+    /// frame crossing its interfaces at TC, whatever the frame's socket,
+    /// from the owner's side: rx = towards the owner (TC egress), tx = from
+    /// the owner (TC ingress).
+    pub const VETH_STATS: &str = "VETH_STATS";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 4] = [CGROUP_STATS, TC_CGROUP_STATS, IFACE_STATS, ITER_SCRATCH];
+    pub const ALL: [&str; 6] = [
+        CGROUP_STATS,
+        TC_CGROUP_STATS,
+        IFACE_STATS,
+        ITER_SCRATCH,
+        IFACE_OWNER,
+        VETH_STATS,
+    ];
 }
 
 /// Names of the programs in the BPF object.

@@ -220,7 +220,7 @@ fn remove_empty_parents(root: &Path, path: &Path) {
 }
 
 /// What each shared map must be for the programs of this build.
-fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 4] {
+fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 6] {
     let c = size_of::<Counters>() as u32;
     [
         (maps::CGROUP_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
@@ -245,6 +245,8 @@ fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 4]
             size_of::<IterAcc>() as u32,
             layout.maps.readers,
         ),
+        (maps::IFACE_OWNER, MapType::Hash, 4, 8, layout.maps.interfaces),
+        (maps::VETH_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
     ]
 }
 

@@ -15,6 +15,8 @@ pub mod kernel;
 pub mod layout;
 pub mod metrics;
 pub mod names;
+pub mod netlink;
+pub mod owners;
 pub mod plan;
 pub mod read;
 pub mod select;

@@ -171,7 +171,8 @@ fn run(cli: Cli) -> Result<()> {
             if !ctx.pins.dots {
                 println!("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
             }
-            apply::execute(&layout, &ctx, &actions, |a| println!("{a}"))
+            apply::execute(&layout, &ctx, &actions, |a| println!("{a}"))?;
+            cgacct_pin::owners::converge(&layout, &ctx, |line| println!("{line}"))
         }
         Command::Plan { layout, root, json } => {
             let layout = load_layout(&layout, root)?;

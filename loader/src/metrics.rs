@@ -139,6 +139,15 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String
         &snap.tc_cgroups,
         tree,
     );
+    cgroup_families(
+        &mut out,
+        "cgacct_veth",
+        "crossing the attached interfaces the cgroup owns (the cgroup behind a veth), every \
+         frame whatever its socket: rx towards the cgroup, tx from it",
+        ["rx", "tx"],
+        &snap.veth,
+        tree,
+    );
     let none = snap
         .tc_cgroups
         .get(&UNATTRIBUTED_CGROUP)

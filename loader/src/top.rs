@@ -31,6 +31,8 @@ pub enum Source {
     Socket,
     /// TC on attached interfaces, by the frame's socket cgroup (rx = ingress, tx = egress).
     Tc,
+    /// Owned interfaces (a container's veth), every frame, from the owner's side.
+    Veth,
 }
 
 /// Sort key, highest first.
@@ -181,6 +183,7 @@ fn pick(snap: &Snapshot, source: Source) -> &BTreeMap<u64, Counters> {
     match source {
         Source::Socket => &snap.cgroups,
         Source::Tc => &snap.tc_cgroups,
+        Source::Veth => &snap.veth,
     }
 }
 
@@ -228,6 +231,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
             source: match o.source {
                 Source::Socket => "socket",
                 Source::Tc => "tc",
+                Source::Veth => "veth",
             },
             tree_walks: tree.walks,
             cgroups,

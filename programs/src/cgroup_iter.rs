@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use cgacct_common::{Counters, IterAcc, MAX_CPUS};
 
-use crate::maps::{CGROUP_STATS, ITER_SCRATCH, TC_CGROUP_STATS};
+use crate::maps::{CGROUP_STATS, ITER_SCRATCH, TC_CGROUP_STATS, VETH_STATS};
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
@@ -70,8 +70,14 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
-    let own = sum_percpu(ptr::from_ref(&CGROUP_STATS).cast_mut().cast(), &id);
-    let own_tc = sum_percpu(ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(), &id);
+    let [own, own_tc, own_veth] = sum_percpu(
+        [
+            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
+        ],
+        &id,
+    );
     if seq_num == 0 {
         let acc = IterAcc {
             cgroup_id: id,
@@ -80,6 +86,8 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
             subtree: own,
             own_tc,
             subtree_tc: own_tc,
+            own_veth,
+            subtree_veth: own_veth,
         };
         let _ = ITER_SCRATCH.insert(session, acc, BPF_ANY as u64);
     } else if let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) {
@@ -88,6 +96,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.cgroups += 1;
         acc.subtree.add(&own);
         acc.subtree_tc.add(&own_tc);
+        acc.subtree_veth.add(&own_veth);
     }
 }
 
@@ -113,20 +122,25 @@ unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
     unsafe { bpf_probe_read_kernel(id_slot) }.ok()
 }
 
-/// Sum of every CPU's slot of `map[key]`.
+/// Sum of every CPU's slot of `map[key]`, for each of `maps`: one loop
+/// over the CPUs for all of them keeps the verifier's work small.
 #[inline(always)]
-fn sum_percpu(map: *mut c_void, key: &u64) -> Counters {
+fn sum_percpu<const M: usize>(maps: [*mut c_void; M], key: &u64) -> [Counters; M] {
     // SAFETY: read-only global.
     let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
-    let mut total = Counters::default();
+    let mut total = [Counters::default(); M];
     let mut cpu = 0u32;
     while cpu < MAX_CPUS && cpu < nr_cpus {
-        // SAFETY: helper call with a valid map and key; NULL when absent.
-        let slot =
-            unsafe { bpf_map_lookup_percpu_elem(map, ptr::from_ref(key).cast(), cpu) } as *const Counters;
-        if !slot.is_null() {
-            // SAFETY: non-NULL lookup result points at a `Counters`.
-            total.add(unsafe { &*slot });
+        let mut i = 0;
+        while i < M {
+            // SAFETY: helper call with a valid map and key; NULL when absent.
+            let slot = unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) }
+                as *const Counters;
+            if !slot.is_null() {
+                // SAFETY: non-NULL lookup result points at a `Counters`.
+                total[i].add(unsafe { &*slot });
+            }
+            i += 1;
         }
         cpu += 1;
     }
@@ -167,6 +181,16 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
         seq,
         b"self_tc_ingress_bytes %llu\nself_tc_ingress_packets %llu\nself_tc_egress_bytes %llu\nself_tc_egress_packets %llu\n\0",
         &counters(&a.own_tc),
+    );
+    print(
+        seq,
+        b"veth_rx_bytes %llu\nveth_rx_packets %llu\nveth_tx_bytes %llu\nveth_tx_packets %llu\n\0",
+        &counters(&a.subtree_veth),
+    );
+    print(
+        seq,
+        b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
+        &counters(&a.own_veth),
     );
 }
 

@@ -5,6 +5,7 @@
 #[path = "../world.rs"]
 mod world;
 
+mod attribution;
 mod counts;
 mod export;
 mod lifecycle;
