@@ -52,6 +52,60 @@ pub struct IterAcc {
     pub own_veth: Counters,
     /// Subtree counts through owned interfaces.
     pub subtree_veth: Counters,
+    /// Removed descendants whose totals the subtree counts include.
+    pub departed_cgroups: u64,
+}
+
+/// One cgroup's counters from every hook family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// cgroup_skb (sockets).
+    pub socket: Counters,
+    /// TC, by the frame's socket cgroup.
+    pub tc: Counters,
+    /// TC on owned interfaces.
+    pub veth: Counters,
+}
+
+impl Totals {
+    #[inline(always)]
+    pub fn add(&mut self, other: &Totals) {
+        self.socket.add(&other.socket);
+        self.tc.add(&other.tc);
+        self.veth.add(&other.veth);
+    }
+}
+
+/// What removed descendants of a cgroup counted, folded into it when each
+/// was removed, so subtree totals never go backwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Departed {
+    /// Removed descendants folded in.
+    pub cgroups: u64,
+    pub totals: Totals,
+}
+
+/// Length of the path kept for a removed cgroup (NUL-padded, truncated).
+pub const REMOVED_PATH_LEN: usize = 256;
+
+/// The last word of a removed cgroup, written when it is removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Removed {
+    pub id: u64,
+    pub parent_id: u64,
+    /// CLOCK_BOOTTIME nanoseconds at removal.
+    pub removed_at_ns: u64,
+    /// Removed descendants whose totals `subtree` includes.
+    pub descendants: u64,
+    /// The cgroup's own final counts.
+    pub own: Totals,
+    /// Own plus those of its removed descendants: what its parent gained.
+    pub subtree: Totals,
+    /// Its path below the cgroup2 mount, as the kernel printed it.
+    pub path: [u8; REMOVED_PATH_LEN],
 }
 
 /// Cgroup id under which TC counts traffic whose skb has no socket.
@@ -79,14 +133,24 @@ pub mod maps {
     /// from the owner's side: rx = towards the owner (TC egress), tx = from
     /// the owner (TC ingress).
     pub const VETH_STATS: &str = "VETH_STATS";
+    /// Hash: cgroup id (`u64`) -> [`crate::Departed`]: totals of its
+    /// removed descendants, folded in at each removal.
+    pub const DEPARTED: &str = "DEPARTED";
+    /// LRU hash: id (`u64`) of a removed cgroup -> [`crate::Removed`].
+    pub const REMOVED: &str = "REMOVED";
+    /// Per-CPU array of one [`crate::Removed`]: where a record is built.
+    pub const REMOVED_SCRATCH: &str = "REMOVED_SCRATCH";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 9] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
         ITER_SCRATCH,
         IFACE_OWNER,
         VETH_STATS,
+        DEPARTED,
+        REMOVED,
+        REMOVED_SCRATCH,
     ];
 }
 
@@ -97,6 +161,9 @@ pub mod programs {
     pub const TC_INGRESS: &str = "cgacct_tc_ingress";
     pub const TC_EGRESS: &str = "cgacct_tc_egress";
     pub const CGROUP_ITER: &str = "cgacct_net_stat";
+    /// BTF tracepoint `cgroup_rmdir`: folds a removed cgroup's totals into
+    /// its parent and records them.
+    pub const CGROUP_RMDIR: &str = "cgacct_cgroup_rmdir";
 }
 
 /// Read-only globals the loader sets before the object is loaded.
@@ -107,6 +174,8 @@ pub mod globals {
     pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
     /// `offsetof(struct kernfs_node, id)` on the running kernel (`u32`).
     pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+    /// `offsetof(struct kernfs_node, __parent)` (`parent` before 6.15) (`u32`).
+    pub const KERNFS_NODE_PARENT_OFFSET: &str = "KERNFS_NODE_PARENT_OFFSET";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.
@@ -118,4 +187,10 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IterAcc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Totals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Departed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Removed {}
 }

@@ -12,11 +12,11 @@ use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink},
         tc::TcAttachOptions,
-        CgroupSkb, CgroupSkbAttachType, Iter, LinkOrder, SchedClassifier, TcAttachType,
+        BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter, LinkOrder, SchedClassifier, TcAttachType,
     },
     Btf, EbpfLoader,
 };
-use cgacct_common::{globals, maps, programs as prog, Counters, IterAcc};
+use cgacct_common::{globals, maps, programs as prog, Counters, Departed, IterAcc, Removed};
 
 use crate::{
     host, kernel,
@@ -171,6 +171,14 @@ fn run(layout: &Layout, ctx: &Context, h: &mut Handles, action: &Action) -> Resu
             names::create_with_dots(pin, || sys::obj_pin(link.as_fd(), &c))?;
             Ok(())
         }
+        Action::AttachRmdir { pin } => {
+            let mut p = BtfTracePoint::from_pin(pins.prog(prog::CGROUP_RMDIR))?;
+            let id = p
+                .attach()
+                .context("attaching to the cgroup_rmdir tracepoint (needs BTF and CAP_BPF + CAP_PERFMON)")?;
+            let link: FdLink = p.take_link(id)?.into();
+            pin_link(pins, pin, link)
+        }
         Action::Unpin { pin, .. } => {
             fs::remove_file(pin)?;
             remove_empty_parents(&pins.root, pin);
@@ -220,7 +228,7 @@ fn remove_empty_parents(root: &Path, path: &Path) {
 }
 
 /// What each shared map must be for the programs of this build.
-fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 6] {
+fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 9] {
     let c = size_of::<Counters>() as u32;
     [
         (maps::CGROUP_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
@@ -247,6 +255,27 @@ fn expected_maps(layout: &Layout) -> [(&'static str, MapType, u32, u32, u32); 6]
         ),
         (maps::IFACE_OWNER, MapType::Hash, 4, 8, layout.maps.interfaces),
         (maps::VETH_STATS, MapType::PerCpuHash, 8, c, layout.maps.cgroups),
+        (
+            maps::DEPARTED,
+            MapType::Hash,
+            8,
+            size_of::<Departed>() as u32,
+            layout.maps.cgroups,
+        ),
+        (
+            maps::REMOVED,
+            MapType::LruHash,
+            8,
+            size_of::<Removed>() as u32,
+            layout.maps.cgroups,
+        ),
+        (
+            maps::REMOVED_SCRATCH,
+            MapType::PerCpuArray,
+            4,
+            size_of::<Removed>() as u32,
+            1,
+        ),
     ]
 }
 
@@ -289,7 +318,12 @@ fn load_programs(layout: &Layout, pins: &Pins) -> Result<()> {
     loader
         .override_global(globals::NR_CPUS, &nr_cpus, true)
         .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
-        .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true);
+        .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true)
+        .override_global(
+            globals::KERNFS_NODE_PARENT_OFFSET,
+            &offsets.kernfs_node_parent,
+            true,
+        );
     for (name, _, _, _, max) in expected_maps(layout) {
         loader
             .map_max_entries(name, max)
@@ -306,6 +340,7 @@ fn load_programs(layout: &Layout, pins: &Pins) -> Result<()> {
             aya::programs::Program::SchedClassifier(p) => p.load()?,
             aya::programs::Program::CgroupSkb(p) => p.load()?,
             aya::programs::Program::Iter(p) => p.load("cgroup", &btf)?,
+            aya::programs::Program::BtfTracePoint(p) => p.load("cgroup_rmdir", &btf)?,
             _ => bail!("program {name} has an unexpected type"),
         }
         if pin.exists() {
@@ -334,6 +369,11 @@ pub fn destroy(pins: &Pins) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             fs::remove_file(&pin)?;
             removed.push(pin);
         }
+    }
+    let rmdir = pins.rmdir_link();
+    if rmdir.exists() {
+        fs::remove_file(&rmdir)?;
+        removed.push(rmdir);
     }
     for name in plan::PROGRAMS {
         let p = pins.prog(name);

@@ -19,6 +19,7 @@ pub mod netlink;
 pub mod owners;
 pub mod plan;
 pub mod read;
+pub mod removed;
 pub mod select;
 pub mod sys;
 pub mod top;

@@ -108,6 +108,20 @@ Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containe
         #[arg(long, value_enum, default_value = "total")]
         sort: cgacct_pin::top::SortBy,
     },
+    /// Final totals of removed cgroups (recorded at rmdir, kept until
+    /// pruned by `watch --keep-removed` or displaced when the map is full).
+    #[command(
+        after_help = "Example:\n  cgacct-pin removed\n  cgacct-pin removed --json | jq '.[0].own.socket'"
+    )]
+    Removed {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the counters as Prometheus text at http://ADDR/metrics.
     #[command(
         after_help = "Example:\n  cgacct-pin export --listen 127.0.0.1:9465\n  curl -s 127.0.0.1:9465/metrics\n\n\
@@ -209,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             cgacct_pin::top::run(&root_of(layout, root)?, &o)
         }
+        Command::Removed { layout, root, json } => cgacct_pin::removed::show(&root_of(layout, root)?, json),
         Command::Export { layout, root, listen } => {
             cgacct_pin::metrics::serve(&root_of(layout, root)?, &listen)
         }

@@ -13,12 +13,13 @@ use crate::{
 };
 
 /// Every program the object holds, with the name it is pinned under.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     prog::CGROUP_INGRESS,
     prog::CGROUP_EGRESS,
     prog::TC_INGRESS,
     prog::TC_EGRESS,
     prog::CGROUP_ITER,
+    prog::CGROUP_RMDIR,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,6 +41,11 @@ pub enum Action {
     PinStats {
         cgroup: String,
         id: u64,
+        pin: PathBuf,
+    },
+    /// Attach the `cgroup_rmdir` tracepoint program (final totals of
+    /// removed cgroups, folded into their parents).
+    AttachRmdir {
         pin: PathBuf,
     },
     /// Remove a pin that the layout no longer wants (detaches a link).
@@ -80,6 +86,9 @@ impl fmt::Display for Action {
             }
             Action::PinStats { cgroup, pin, .. } => write!(f, "pin stats of {cgroup} -> {}", pin.display()),
             Action::Unpin { what, pin } => write!(f, "unpin {what} {}", pin.display()),
+            Action::AttachRmdir { pin } => {
+                write!(f, "attach the cgroup_rmdir tracepoint -> {}", pin.display())
+            }
         }
     }
 }
@@ -96,6 +105,11 @@ pub fn plan(w: &World<'_>) -> Result<Vec<Action>> {
     let mut actions = Vec::new();
     if PROGRAMS.iter().any(|p| !w.pins.prog(p).exists()) {
         actions.push(Action::LoadPrograms);
+    }
+    if !w.pins.rmdir_link().exists() {
+        actions.push(Action::AttachRmdir {
+            pin: w.pins.rmdir_link(),
+        });
     }
 
     // TC links: one per matching interface and direction.

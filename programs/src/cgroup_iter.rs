@@ -9,18 +9,18 @@
 //!
 //! aya-ebpf has no macro for iterators: the function is placed in the
 //! `iter/cgroup` section by hand, with the kernel's context layout.
-use core::{ffi::c_void, ptr};
+use core::ptr;
 
 use aya_ebpf::{
     bindings::{seq_file, BPF_ANY},
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_map_lookup_percpu_elem, bpf_seq_printf},
-    },
+    helpers::generated::bpf_seq_printf,
 };
-use cgacct_common::{Counters, IterAcc, MAX_CPUS};
+use cgacct_common::{Counters, Departed, IterAcc};
 
-use crate::maps::{CGROUP_STATS, ITER_SCRATCH, TC_CGROUP_STATS, VETH_STATS};
+use crate::{
+    kernel::{cgroup_id, sum_percpu},
+    maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+};
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
@@ -36,15 +36,6 @@ pub struct IterCgroupCtx {
     meta: *mut IterMeta,
     cgroup: *const u8,
 }
-
-// Set by the loader before load (read-only data: the verifier sees them as
-// constants). The defaults only matter if the loader forgot to set them.
-#[unsafe(no_mangle)]
-static NR_CPUS: u32 = 1;
-#[unsafe(no_mangle)]
-static CGROUP_KN_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static KERNFS_NODE_ID_OFFSET: u32 = 0;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/cgroup")]
@@ -78,8 +69,15 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         ],
         &id,
     );
+    // Removed descendants, folded in when each was removed (under the same
+    // cgroup_mutex this walk holds): subtree sums never go backwards.
+    let gone = match DEPARTED.get_ptr(id) {
+        // SAFETY: non-NULL lookup result.
+        Some(d) => unsafe { *d },
+        None => Departed::default(),
+    };
     if seq_num == 0 {
-        let acc = IterAcc {
+        let mut acc = IterAcc {
             cgroup_id: id,
             cgroups: 1,
             own,
@@ -88,7 +86,9 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
             subtree_tc: own_tc,
             own_veth,
             subtree_veth: own_veth,
+            departed_cgroups: 0,
         };
+        add_departed(&mut acc, &gone);
         let _ = ITER_SCRATCH.insert(session, acc, BPF_ANY as u64);
     } else if let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) {
         // SAFETY: a session is walked by one reader at a time.
@@ -97,54 +97,16 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.subtree.add(&own);
         acc.subtree_tc.add(&own_tc);
         acc.subtree_veth.add(&own_veth);
+        add_departed(acc, &gone);
     }
 }
 
-/// `cgroup->kn->id`, with offsets taken from the running kernel's BTF by
-/// the loader: nothing about kernel struct layout is baked in.
 #[inline(always)]
-unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
-    // SAFETY: read-only globals.
-    let (kn_off, id_off) = unsafe {
-        (
-            ptr::read_volatile(&CGROUP_KN_OFFSET) as usize,
-            ptr::read_volatile(&KERNFS_NODE_ID_OFFSET) as usize,
-        )
-    };
-    let kn_slot = (cgroup as usize).wrapping_add(kn_off) as *const usize;
-    // SAFETY: probe reads are checked by the kernel.
-    let kn = unsafe { bpf_probe_read_kernel(kn_slot) }.ok()?;
-    if kn == 0 {
-        return None;
-    }
-    let id_slot = kn.wrapping_add(id_off) as *const u64;
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel(id_slot) }.ok()
-}
-
-/// Sum of every CPU's slot of `map[key]`, for each of `maps`: one loop
-/// over the CPUs for all of them keeps the verifier's work small.
-#[inline(always)]
-fn sum_percpu<const M: usize>(maps: [*mut c_void; M], key: &u64) -> [Counters; M] {
-    // SAFETY: read-only global.
-    let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
-    let mut total = [Counters::default(); M];
-    let mut cpu = 0u32;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        let mut i = 0;
-        while i < M {
-            // SAFETY: helper call with a valid map and key; NULL when absent.
-            let slot = unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) }
-                as *const Counters;
-            if !slot.is_null() {
-                // SAFETY: non-NULL lookup result points at a `Counters`.
-                total[i].add(unsafe { &*slot });
-            }
-            i += 1;
-        }
-        cpu += 1;
-    }
-    total
+fn add_departed(acc: &mut IterAcc, d: &Departed) {
+    acc.departed_cgroups += d.cgroups;
+    acc.subtree.add(&d.totals.socket);
+    acc.subtree_tc.add(&d.totals.tc);
+    acc.subtree_veth.add(&d.totals.veth);
 }
 
 /// After the walk: print the sums as flat `key value` lines, like cgroupfs
@@ -159,8 +121,8 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
     let _ = ITER_SCRATCH.remove(session);
     print(
         seq,
-        b"cgroup_id %llu\nsubtree_cgroups %llu\n\0",
-        &[a.cgroup_id, a.cgroups],
+        b"cgroup_id %llu\nsubtree_cgroups %llu\nremoved_cgroups %llu\n\0",
+        &[a.cgroup_id, a.cgroups, a.departed_cgroups],
     );
     print(
         seq,

@@ -9,5 +9,6 @@ mod attribution;
 mod counts;
 mod export;
 mod lifecycle;
+mod removal;
 mod top;
 mod tree;
