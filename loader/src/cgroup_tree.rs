@@ -379,14 +379,24 @@ fn gone(e: &io::Error) -> bool {
 
 /// Whether `fd` became readable within `timeout`.
 pub fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    poll_readable_any(&[fd], timeout)
+}
+
+/// Whether any of `fds` (negative ones are ignored) became readable within
+/// `timeout`.
+pub fn poll_readable_any(fds: &[i32], timeout: Duration) -> Result<bool> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Round up: a wait of 0.4 ms must not become a busy loop of 0 ms polls.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: a valid array of pollfds of the length given.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {

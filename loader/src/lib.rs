@@ -23,3 +23,4 @@ pub mod removed;
 pub mod select;
 pub mod sys;
 pub mod top;
+pub mod watch;

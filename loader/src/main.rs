@@ -108,6 +108,24 @@ Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containe
         #[arg(long, value_enum, default_value = "total")]
         sort: cgacct_pin::top::SortBy,
     },
+    /// Keep the kernel converged to the layout as cgroups and interfaces
+    /// come and go (runs until stopped; see deploy/cgacct-watch.service).
+    #[command(
+        after_help = "Example:\n  cgacct-pin watch pin-layout.toml\n  cgacct-pin watch --reconcile-every 30 --keep-removed 600 pin-layout.toml\n\n\
+Driven by inotify on cgroupfs and rtnetlink link events, with a full reconcile at start, after \
+lost events and periodically. Everything is pinned: stopping or killing it loses no count."
+    )]
+    Watch {
+        layout: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Seconds between full reconciles (the safety net).
+        #[arg(long, default_value_t = 60)]
+        reconcile_every: u64,
+        /// Seconds to keep the final totals of removed cgroups.
+        #[arg(long, default_value_t = 3600)]
+        keep_removed: u64,
+    },
     /// Final totals of removed cgroups (recorded at rmdir, kept until
     /// pruned by `watch --keep-removed` or displaced when the map is full).
     #[command(
@@ -222,6 +240,21 @@ fn run(cli: Cli) -> Result<()> {
                 sort,
             };
             cgacct_pin::top::run(&root_of(layout, root)?, &o)
+        }
+        Command::Watch {
+            layout,
+            root,
+            reconcile_every,
+            keep_removed,
+        } => {
+            if reconcile_every == 0 {
+                anyhow::bail!("--reconcile-every must be at least 1 second");
+            }
+            let opts = cgacct_pin::watch::Options {
+                reconcile_every: std::time::Duration::from_secs(reconcile_every),
+                keep_removed: std::time::Duration::from_secs(keep_removed),
+            };
+            cgacct_pin::watch::run(&layout, root, opts)
         }
         Command::Removed { layout, root, json } => cgacct_pin::removed::show(&root_of(layout, root)?, json),
         Command::Export { layout, root, listen } => {

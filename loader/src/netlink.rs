@@ -4,9 +4,12 @@
 use std::{io, os::fd::AsRawFd as _};
 
 use anyhow::{bail, Context as _, Result};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
     RouteNetlinkMessage,
 };
@@ -131,6 +134,35 @@ impl Rtnl {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Creates a veth pair `name` <-> `peer` in this namespace (what
+    /// `ip link add NAME type veth peer name PEER` does), returning once the
+    /// kernel acknowledged it.
+    pub fn add_veth(&mut self, name: &str, peer: &str) -> Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+        )
+        .with_context(|| format!("creating veth {name}"))?;
+        Ok(())
+    }
+
+    /// Deletes the link with this index (a veth takes its peer with it).
+    pub fn del_link(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        self.request(RouteNetlinkMessage::DelLink(m), NLM_F_ACK)
+            .with_context(|| format!("deleting link {ifindex}"))?;
+        Ok(())
     }
 
     /// The id this namespace gives the network namespace of process `pid`

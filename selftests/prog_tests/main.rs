@@ -12,3 +12,4 @@ mod lifecycle;
 mod removal;
 mod top;
 mod tree;
+mod watch;
