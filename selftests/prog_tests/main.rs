@@ -8,6 +8,7 @@ mod world;
 mod attribution;
 mod counts;
 mod export;
+mod latency;
 mod lifecycle;
 mod removal;
 mod top;

@@ -142,7 +142,7 @@ fn watch_follows_cgroup_creation_and_removal() {
 }
 
 /// Veths we make, deleted on every exit path.
-struct Veths(Vec<String>);
+pub struct Veths(pub Vec<String>);
 
 impl Drop for Veths {
     fn drop(&mut self) {
