@@ -91,26 +91,6 @@ impl Watcher {
             return;
         }
         let report = |a: &Action| log(&a.to_string());
-        // A TCX attachment spends most of its time waiting in the kernel
-        // (tens of ms, measured with strace -T on BPF_LINK_CREATE): the TC
-        // attachments of a batch run side by side, the rest in order.
-        let (tc, rest): (Vec<&Action>, Vec<&Action>) =
-            actions.iter().partition(|a| matches!(a, Action::AttachTc { .. }));
-        let rest: Vec<Action> = rest.into_iter().cloned().collect();
-        if tc.len() > 1 && !rest.contains(&Action::LoadPrograms) {
-            std::thread::scope(|s| {
-                for a in &tc {
-                    s.spawn(|| self.run_one(a));
-                }
-            });
-            if apply::execute(&self.layout, &self.ctx, &rest, report).is_ok() {
-                return;
-            }
-            for a in &rest {
-                self.run_one(a);
-            }
-            return;
-        }
         if apply::execute(&self.layout, &self.ctx, actions, report).is_ok() {
             return;
         }
