@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh            install what is missing
 #
-# Steps: apt packages (LLVM 22 for bpf-linker, bpftool, iproute2, test tools),
+# Steps: apt packages (LLVM 22 for bpf-linker, bpftool, iproute2, test tools,
+# prometheus for the exporter test: only its binary is used),
 # rust-src for the nightly toolchain (kernel-side build), bpf-linker built
 # against LLVM 22, bpffs mounted at /sys/fs/bpf.
 set -euo pipefail
@@ -14,7 +15,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, mount); try: sudo $0"
 
-APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace)
+APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -26,6 +27,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list.d"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed"
+  # The tests run /usr/bin/prometheus on their own with a temporary config;
+  # the package's service is not needed. Stop it if installing just started it.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+     && systemctl is-active --quiet prometheus 2>/dev/null; then
+    say "stopping and disabling the prometheus service the package started (only its binary is used)"
+    systemctl disable --now prometheus >/dev/null 2>&1 || say "could not disable prometheus.service; it keeps running"
+  fi
 else
   say "apt packages present"
 fi

@@ -123,9 +123,6 @@ impl World {
         w
     }
 
-    /// Which of 16384 subnets this world uses: from the process id and the
-    /// world's number, so that test runs of other processes on the same
-    /// host (which route in the same root namespace) do not collide.
     /// Creates the veth pair (host side up with its addresses, peer in the
     /// netns): at creation, and again after a test deleted it.
     pub fn add_veth(&self) {
@@ -143,6 +140,9 @@ impl World {
         ));
     }
 
+    /// Which of 16384 subnets this world uses: from the process id and the
+    /// world's number, so that test runs of other processes on the same
+    /// host (which route in the same root namespace) do not collide.
     fn subnet_index(&self) -> u32 {
         (std::process::id().wrapping_mul(64) + self.n) % 16384
     }
@@ -157,6 +157,13 @@ impl World {
     /// This world's IPv6 /64 prefix (without the trailing "::").
     fn subnet6(&self) -> String {
         format!("fd00:214:{:x}", self.subnet_index())
+    }
+
+    /// Makes one more cgroup below our subtree (removed with the world).
+    pub fn add_cgroup(&mut self, rel: &str) {
+        let path = self.cgroup(rel);
+        fs::create_dir(self.cgroup_mount.join(&path)).expect("mkdir cgroup");
+        self.cgroups.push(path);
     }
 
     pub fn ipv4_peer(&self) -> String {

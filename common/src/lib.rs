@@ -48,6 +48,64 @@ pub struct IterAcc {
     pub own_tc: Counters,
     /// Subtree counts from the TC hooks.
     pub subtree_tc: Counters,
+    /// The cgroup's own counts through the interfaces it owns.
+    pub own_veth: Counters,
+    /// Subtree counts through owned interfaces.
+    pub subtree_veth: Counters,
+    /// Removed descendants whose totals the subtree counts include.
+    pub departed_cgroups: u64,
+}
+
+/// One cgroup's counters from every hook family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// cgroup_skb (sockets).
+    pub socket: Counters,
+    /// TC, by the frame's socket cgroup.
+    pub tc: Counters,
+    /// TC on owned interfaces.
+    pub veth: Counters,
+}
+
+impl Totals {
+    #[inline(always)]
+    pub fn add(&mut self, other: &Totals) {
+        self.socket.add(&other.socket);
+        self.tc.add(&other.tc);
+        self.veth.add(&other.veth);
+    }
+}
+
+/// What removed descendants of a cgroup counted, folded into it when each
+/// was removed, so subtree totals never go backwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Departed {
+    /// Removed descendants folded in.
+    pub cgroups: u64,
+    pub totals: Totals,
+}
+
+/// Length of the path kept for a removed cgroup (NUL-padded, truncated).
+pub const REMOVED_PATH_LEN: usize = 256;
+
+/// The last word of a removed cgroup, written when it is removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Removed {
+    pub id: u64,
+    pub parent_id: u64,
+    /// CLOCK_BOOTTIME nanoseconds at removal.
+    pub removed_at_ns: u64,
+    /// Removed descendants whose totals `subtree` includes.
+    pub descendants: u64,
+    /// The cgroup's own final counts.
+    pub own: Totals,
+    /// Own plus those of its removed descendants: what its parent gained.
+    pub subtree: Totals,
+    /// Its path below the cgroup2 mount, as the kernel printed it.
+    pub path: [u8; REMOVED_PATH_LEN],
 }
 
 /// Cgroup id under which TC counts traffic whose skb has no socket.
@@ -67,8 +125,33 @@ pub mod maps {
     pub const IFACE_STATS: &str = "IFACE_STATS";
     /// LRU hash: iterator session id (`u64`) -> [`crate::IterAcc`].
     pub const ITER_SCRATCH: &str = "ITER_SCRATCH";
+    /// Hash: ifindex (`u32`) -> id (`u64`) of the cgroup behind that
+    /// interface (a container behind its host-side veth). Filled by the loader.
+    pub const IFACE_OWNER: &str = "IFACE_OWNER";
+    /// Per-CPU hash: owner cgroup id (`u64`) -> [`crate::Counters`] of every
+    /// frame crossing its interfaces at TC, whatever the frame's socket,
+    /// from the owner's side: rx = towards the owner (TC egress), tx = from
+    /// the owner (TC ingress).
+    pub const VETH_STATS: &str = "VETH_STATS";
+    /// Hash: cgroup id (`u64`) -> [`crate::Departed`]: totals of its
+    /// removed descendants, folded in at each removal.
+    pub const DEPARTED: &str = "DEPARTED";
+    /// LRU hash: id (`u64`) of a removed cgroup -> [`crate::Removed`].
+    pub const REMOVED: &str = "REMOVED";
+    /// Per-CPU array of one [`crate::Removed`]: where a record is built.
+    pub const REMOVED_SCRATCH: &str = "REMOVED_SCRATCH";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 4] = [CGROUP_STATS, TC_CGROUP_STATS, IFACE_STATS, ITER_SCRATCH];
+    pub const ALL: [&str; 9] = [
+        CGROUP_STATS,
+        TC_CGROUP_STATS,
+        IFACE_STATS,
+        ITER_SCRATCH,
+        IFACE_OWNER,
+        VETH_STATS,
+        DEPARTED,
+        REMOVED,
+        REMOVED_SCRATCH,
+    ];
 }
 
 /// Names of the programs in the BPF object.
@@ -78,6 +161,9 @@ pub mod programs {
     pub const TC_INGRESS: &str = "cgacct_tc_ingress";
     pub const TC_EGRESS: &str = "cgacct_tc_egress";
     pub const CGROUP_ITER: &str = "cgacct_net_stat";
+    /// BTF tracepoint `cgroup_rmdir`: folds a removed cgroup's totals into
+    /// its parent and records them.
+    pub const CGROUP_RMDIR: &str = "cgacct_cgroup_rmdir";
 }
 
 /// Read-only globals the loader sets before the object is loaded.
@@ -91,6 +177,8 @@ pub mod globals {
     /// Identity of the object's build (`u64`): how a later `apply` tells
     /// whether the running programs are the ones it carries.
     pub const BUILD_ID: &str = "BUILD_ID";
+    /// `offsetof(struct kernfs_node, __parent)` (`parent` before 6.15) (`u32`).
+    pub const KERNFS_NODE_PARENT_OFFSET: &str = "KERNFS_NODE_PARENT_OFFSET";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.
@@ -102,4 +190,10 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IterAcc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Totals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Departed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Removed {}
 }

@@ -13,19 +13,19 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Map, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
         links::{CgroupAttachMode, FdLink},
-        loaded_programs, CgroupSkb, CgroupSkbAttachType, Iter, SchedClassifier,
+        loaded_programs, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter, SchedClassifier,
     },
     Btf, Ebpf, EbpfLoader,
 };
-use cgacct_common::{globals, maps, programs as prog, Counters};
+use cgacct_common::{globals, maps, programs as prog, Counters, Departed, Removed};
 
 use crate::{
-    fault,
+    build_id, fault,
     held::{self, Held, Stray, StrayTarget},
-    build_id, host, kernel,
+    host, kernel,
     layout::Layout,
     names::{self, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     plan::{self, Action, MapPolicy, World},
@@ -318,6 +318,16 @@ fn run(layout: &Layout, ctx: &Context, s: &mut Session, action: &Action) -> Resu
             settle_access(layout, pins, pin)?;
             Ok(())
         }
+        Action::AttachRmdir { pin, replace } => {
+            remove_old(pins, pin, replace.is_some())?;
+            let mut p = BtfTracePoint::from_pin(pins.prog(prog::CGROUP_RMDIR))?;
+            fault::step();
+            let id = p
+                .attach()
+                .context("attaching to the cgroup_rmdir tracepoint (needs BTF and CAP_BPF + CAP_PERFMON)")?;
+            let link: FdLink = p.take_link(id)?.into();
+            pin_link(layout, pins, pin, link)
+        }
         Action::Unpin { pin, .. } => {
             fault::step();
             tc_attach::release(pins, pin)?;
@@ -456,6 +466,11 @@ fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> R
         .override_global(globals::NR_CPUS, &nr_cpus, true)
         .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
         .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true)
+        .override_global(
+            globals::KERNFS_NODE_PARENT_OFFSET,
+            &offsets.kernfs_node_parent,
+            true,
+        )
         .override_global(globals::BUILD_ID, &build, true);
     for (name, shape) in plan::wanted_maps(layout) {
         loader.map_max_entries(name, shape.max_entries);
@@ -475,6 +490,7 @@ fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> R
             aya::programs::Program::SchedClassifier(p) => p.load()?,
             aya::programs::Program::CgroupSkb(p) => p.load()?,
             aya::programs::Program::Iter(p) => p.load("cgroup", &btf)?,
+            aya::programs::Program::BtfTracePoint(p) => p.load("cgroup_rmdir", &btf)?,
             _ => bail!("program {name} has an unexpected type"),
         }
         fault::step();
@@ -497,21 +513,55 @@ fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<()> 
         fs::remove_file(&next)?;
     }
     if keep {
-        if name == maps::IFACE_STATS {
-            add_counters::<u32>(pin, new)?;
-        } else {
-            add_counters::<u64>(pin, new)?;
+        match name {
+            maps::IFACE_STATS => add_counters::<u32>(pin, new)?,
+            maps::CGROUP_STATS | maps::TC_CGROUP_STATS | maps::VETH_STATS => add_counters::<u64>(pin, new)?,
+            maps::DEPARTED => add_departed(pin, new)?,
+            maps::REMOVED => copy_removed(pin, new)?,
+            _ => {}
         }
     }
     fault::step();
     let data: &MapData = match new {
-        Map::PerCpuHashMap(d) | Map::LruHashMap(d) | Map::HashMap(d) => d,
+        Map::PerCpuHashMap(d) | Map::LruHashMap(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
         _ => bail!("map {name} has an unexpected type"),
     };
     data.pin(&next)
         .with_context(|| format!("pinning {}", next.display()))?;
     fault::step();
     fs::rename(&next, pin).with_context(|| format!("renaming {} to {}", next.display(), pin.display()))?;
+    Ok(())
+}
+
+/// Adds the folded totals of removed cgroups pinned at `old` into `new`.
+fn add_departed(old: &Path, new: &mut Map) -> Result<()> {
+    let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let old: HashMap<MapData, u64, Departed> = Map::HashMap(old).try_into()?;
+    let mut new: HashMap<&mut MapData, u64, Departed> = new.try_into()?;
+    for entry in old.iter() {
+        let (key, mut d) = entry?;
+        if let Ok(cur) = new.get(&key, 0) {
+            d.cgroups += cur.cgroups;
+            d.totals.add(&cur.totals);
+        }
+        fault::step();
+        new.insert(key, d, 0)?;
+    }
+    Ok(())
+}
+
+/// Copies the records of removed cgroups pinned at `old` into `new`.
+fn copy_removed(old: &Path, new: &mut Map) -> Result<()> {
+    let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let old: HashMap<MapData, u64, Removed> = Map::LruHashMap(old).try_into()?;
+    let mut new: HashMap<&mut MapData, u64, Removed> = new.try_into()?;
+    for entry in old.iter() {
+        let (key, r) = entry?;
+        if new.get(&key, 0).is_err() {
+            fault::step();
+            new.insert(key, r, 0)?;
+        }
+    }
     Ok(())
 }
 
@@ -557,6 +607,11 @@ pub fn destroy(ctx: &Context) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             fs::remove_file(&pin)?;
             removed.push(pin);
         }
+    }
+    let rmdir = pins.rmdir_link();
+    if rmdir.exists() {
+        fs::remove_file(&rmdir)?;
+        removed.push(rmdir);
     }
     for name in plan::PROGRAMS {
         let p = pins.prog(name);

@@ -15,8 +15,8 @@ use aya::{maps::MapInfo, programs::ProgramInfo};
 use cgacct_common::{maps, programs as prog};
 
 use crate::{
-    host::{Cgroup, Interface},
     build_id,
+    host::{Cgroup, Interface},
     names::{Direction, Pins},
     plan::{self, MapShape, PROGRAMS},
     sys::{self, Attached, Hook, LinkState},
@@ -107,7 +107,8 @@ pub fn read(pins: &Pins, interfaces: &[Interface], cgroups: &[Cgroup], cgroup_mo
     let mut link_pins = plan::two_level_pins(&pins.tc_links())?;
     link_pins.extend(plan::two_level_pins(&pins.cgroup_links())?);
     link_pins.extend(plan::stats_files(pins)?);
-    for pin in link_pins {
+    link_pins.push(pins.rmdir_link());
+    for pin in link_pins.into_iter().filter(|p| p.exists()) {
         let mut state = read_link(&pin)?;
         if state.is_none() && pin.starts_with(pins.tc_links()) {
             state = tc_attach::marker_state(pins, &pin, interfaces)?;

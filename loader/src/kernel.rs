@@ -11,6 +11,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct Offsets {
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `kernfs_node.__parent` (named `parent` before Linux 6.15).
+    pub kernfs_node_parent: u32,
 }
 
 pub fn offsets() -> Result<Offsets> {
@@ -33,6 +35,8 @@ pub fn offsets() -> Result<Offsets> {
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
         kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
+        kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
+            .or_else(|_| member_offset(&btf, "kernfs_node", "parent"))?,
     })
 }
 

@@ -59,6 +59,11 @@ struct TcSection {
     interfaces: Vec<String>,
     #[serde(default)]
     required: bool,
+    /// Interface glob -> cgroup path behind it.
+    #[serde(default)]
+    owners: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    discover_owners: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +166,12 @@ pub struct Layout {
     pub cgroup_skb_attach: Vec<CgroupPattern>,
     /// Cgroups that get a `net.stat` file.
     pub stats_cgroups: Vec<CgroupPattern>,
+    /// Declared owners: interfaces matching the pattern have the cgroup
+    /// (its path below the cgroup2 mount, "a/b", "" for the root) behind them.
+    pub tc_owners: Vec<(NamePattern, String)>,
+    /// Find the cgroup behind each attached veth from the processes in the
+    /// veth peer's network namespace.
+    pub tc_discover_owners: bool,
     /// Sections whose every pattern must match something (`required = true`).
     pub required: Required,
     pub access: AccessRules,
@@ -216,7 +227,24 @@ impl Layout {
         };
         let private = access("access", &top, None, DEFAULT_PRIVATE_MODE)?;
         let stats = access("access.stats", &a.stats, Some(private), DEFAULT_STATS_MODE)?;
+        let tc_owners = file
+            .tc
+            .owners
+            .iter()
+            .map(|(pat, cg)| {
+                let p = NamePattern::parse(pat).with_context(|| format!("in tc.owners: {pat:?}"))?;
+                if !cg.starts_with('/') || cg.contains(['*', '?']) || cg.split('/').any(|c| c == "..") {
+                    bail!(
+                        "in tc.owners: {pat:?} = {cg:?}: the owner is one cgroup, an absolute path \
+                         below the cgroup2 mount without globs, e.g. \"/system.slice/web.service\""
+                    );
+                }
+                Ok((p, cg.trim_matches('/').to_string()))
+            })
+            .collect::<Result<_>>()?;
         Ok(Layout {
+            tc_owners,
+            tc_discover_owners: file.tc.discover_owners,
             root: file.root,
             maps: file.maps,
             tc_interfaces,
@@ -316,6 +344,15 @@ mod tests {
         assert!(e.contains("maps.cgroups"), "{e}");
         let e = format!("{:#}", Layout::parse("[stats]\ncgroups = [\"a\"]").unwrap_err());
         assert!(e.contains("stats.cgroups"), "{e}");
+        let e = format!(
+            "{:#}",
+            Layout::parse("[tc]\nowners = { \"v*\" = \"/a/*\" }").unwrap_err()
+        );
+        assert!(e.contains("tc.owners"), "{e}");
+        let l =
+            Layout::parse("[tc]\ndiscover_owners = true\nowners = { \"vw*\" = \"/web.slice/\" }").unwrap();
+        assert!(l.tc_discover_owners);
+        assert_eq!(l.tc_owners[0].1, "web.slice");
         let e = format!("{:#}", Layout::parse("[tc]\ninterfaces = \"veth*\"").unwrap_err());
         assert!(e.contains("line 2"), "{e}");
     }

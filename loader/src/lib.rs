@@ -10,15 +10,23 @@
 //! clsact by [`tc_attach`]; [`fault`] lets tests stop it anywhere) ->
 //! [`read`] (maps and text).
 pub mod apply;
+pub mod build_id;
+pub mod cgroup_tree;
 pub mod fault;
 pub mod held;
 pub mod host;
-pub mod build_id;
+pub mod identity;
 pub mod kernel;
 pub mod layout;
+pub mod metrics;
 pub mod names;
+pub mod netlink;
+pub mod owners;
 pub mod plan;
 pub mod read;
+pub mod removed;
 pub mod select;
 pub mod sys;
 pub mod tc_attach;
+pub mod top;
+pub mod watch;

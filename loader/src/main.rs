@@ -97,6 +97,81 @@ means apply has work to do."
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         lock_timeout: u64,
     },
+    /// Live per-cgroup rates (bytes/s, packets/s, each direction), sorted,
+    /// refreshed in place.
+    #[command(
+        after_help = "Example:\n  cgacct-pin top\n  cgacct-pin top --once --interval 5\n  cgacct-pin top --json --once | jq '.cgroups[0]'\n\n\
+Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containerd:<id>, pod:<uid>."
+    )]
+    Top {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Seconds between refreshes (the averaging window).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Take one interval, print it, exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one JSON object per refresh.
+        #[arg(long)]
+        json: bool,
+        /// Show at most N cgroups.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value = "socket")]
+        source: cgacct_pin::top::Source,
+        #[arg(long, value_enum, default_value = "total")]
+        sort: cgacct_pin::top::SortBy,
+    },
+    /// Keep the kernel converged to the layout as cgroups and interfaces
+    /// come and go (runs until stopped; see deploy/cgacct-watch.service).
+    #[command(
+        after_help = "Example:\n  cgacct-pin watch pin-layout.toml\n  cgacct-pin watch --reconcile-every 30 --keep-removed 600 pin-layout.toml\n\n\
+Driven by inotify on cgroupfs and rtnetlink link events, with a full reconcile at start, after \
+lost events and periodically. Everything is pinned: stopping or killing it loses no count."
+    )]
+    Watch {
+        layout: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Seconds between full reconciles (the safety net).
+        #[arg(long, default_value_t = 60)]
+        reconcile_every: u64,
+        /// Seconds to keep the final totals of removed cgroups.
+        #[arg(long, default_value_t = 3600)]
+        keep_removed: u64,
+    },
+    /// Final totals of removed cgroups (recorded at rmdir, kept until
+    /// pruned by `watch --keep-removed` or displaced when the map is full).
+    #[command(
+        after_help = "Example:\n  cgacct-pin removed\n  cgacct-pin removed --json | jq '.[0].own.socket'"
+    )]
+    Removed {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the counters as Prometheus text at http://ADDR/metrics.
+    #[command(
+        after_help = "Example:\n  cgacct-pin export --listen 127.0.0.1:9465\n  curl -s 127.0.0.1:9465/metrics\n\n\
+Per-cgroup series carry the cgroup's own counts and labels cgroup, name, and unit, container_id, \
+pod_uid where known. Port 0 picks a free port; the bound address is printed."
+    )]
+    Export {
+        /// The layout file; its root is used when --root is not given.
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Address to listen on, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        listen: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -281,7 +356,15 @@ fn run(cli: Cli) -> Result<Done, Failure> {
                 println!("note: {note}");
             }
             apply::execute(&layout, &ctx, &actions, |a| println!("{a}")).map_err(Failure::Partial)?;
-            Ok(done(&actions))
+            let owners =
+                cgacct_pin::owners::converge(&layout, &ctx, |line| println!("{line}")).map_err(|e| {
+                    Failure::Partial(apply::Partial {
+                        done: actions.len(),
+                        total: actions.len() + 1,
+                        source: e.context("setting the owners of attached interfaces"),
+                    })
+                })?;
+            Ok(if owners { Done::Changed } else { done(&actions) })
         }
         Command::Plan { layout, opts, json } => {
             let layout = load_layout(&layout, opts.root.clone())?;
@@ -289,6 +372,58 @@ fn run(cli: Cli) -> Result<Done, Failure> {
             let (_, actions) = make_plan(&layout, opts.maps())?;
             print_plan(&actions, json)?;
             Ok(done(&actions))
+        }
+        Command::Top {
+            layout,
+            root,
+            interval,
+            once,
+            json,
+            limit,
+            source,
+            sort,
+        } => {
+            if !(interval.is_finite() && interval > 0.0 && interval < 86400.0) {
+                return Err(invalid(anyhow::anyhow!(
+                    "--interval {interval} is out of range: give seconds, e.g. 1 or 0.5"
+                )));
+            }
+            let o = cgacct_pin::top::Options {
+                interval: std::time::Duration::from_secs_f64(interval),
+                once,
+                json,
+                limit,
+                source,
+                sort,
+            };
+            cgacct_pin::top::run(&root_of(layout, root)?, &o)?;
+            Ok(Done::Unchanged)
+        }
+        Command::Watch {
+            layout,
+            root,
+            reconcile_every,
+            keep_removed,
+        } => {
+            if reconcile_every == 0 {
+                return Err(invalid(anyhow::anyhow!(
+                    "--reconcile-every must be at least 1 second"
+                )));
+            }
+            let opts = cgacct_pin::watch::Options {
+                reconcile_every: std::time::Duration::from_secs(reconcile_every),
+                keep_removed: std::time::Duration::from_secs(keep_removed),
+            };
+            cgacct_pin::watch::run(&layout, root, opts)?;
+            Ok(Done::Unchanged)
+        }
+        Command::Removed { layout, root, json } => {
+            cgacct_pin::removed::show(&root_of(layout, root)?, json)?;
+            Ok(Done::Unchanged)
+        }
+        Command::Export { layout, root, listen } => {
+            cgacct_pin::metrics::serve(&root_of(layout, root)?, &listen)?;
+            Ok(Done::Unchanged)
         }
         Command::Status { layout, root, json } => {
             let root = root_of(layout, root)?;

@@ -82,6 +82,11 @@ impl Pins {
         self.root.join(LINKS_DIR).join("cgroup")
     }
 
+    /// The link of the `cgroup_rmdir` tracepoint program.
+    pub fn rmdir_link(&self) -> PathBuf {
+        self.root.join(LINKS_DIR).join("tracing").join("cgroup_rmdir")
+    }
+
     pub fn cgroup_link(&self, id: u64, dir: Direction) -> PathBuf {
         self.cgroup_links().join(id.to_string()).join(dir.as_str())
     }

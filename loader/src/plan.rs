@@ -9,13 +9,13 @@ use std::{
 
 use anyhow::{bail, Result};
 use aya::maps::MapType;
-use cgacct_common::{maps, programs as prog, Counters, IterAcc};
+use cgacct_common::{maps, programs as prog, Counters, Departed, IterAcc, Removed};
 use serde::Serialize;
 
 use crate::{
+    build_id,
     held::{Held, Stray},
     host::{Cgroup, Interface},
-    build_id,
     layout::{Access, Layout},
     names::{Direction, Pins, LINKS_DIR, MAPS_DIR, PROGS_DIR},
     sys::{self, LinkTarget},
@@ -24,11 +24,12 @@ use crate::{
 /// Every program the object holds, with the name it is pinned under. The
 /// iterator comes last: it is pinned last, so a pinned iterator of a build
 /// means every program of that build is pinned.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     prog::CGROUP_INGRESS,
     prog::CGROUP_EGRESS,
     prog::TC_INGRESS,
     prog::TC_EGRESS,
+    prog::CGROUP_RMDIR,
     prog::CGROUP_ITER,
 ];
 
@@ -53,38 +54,43 @@ impl fmt::Display for MapShape {
 }
 
 /// The maps this build and layout need, by name.
-pub fn wanted_maps(layout: &Layout) -> [(&'static str, MapShape); 4] {
-    let shape = |kind, key_size, value_size, max_entries| MapShape {
+pub fn wanted_maps(layout: &Layout) -> [(&'static str, MapShape); 9] {
+    let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
-        value_size,
+        value_size: value_size as u32,
         max_entries,
     };
-    let c = size_of::<Counters>() as u32;
+    let c = size_of::<Counters>();
+    let m = &layout.maps;
     [
-        (
-            maps::CGROUP_STATS,
-            shape(MapType::PerCpuHash, 8, c, layout.maps.cgroups),
-        ),
-        (
-            maps::TC_CGROUP_STATS,
-            shape(MapType::PerCpuHash, 8, c, layout.maps.cgroups),
-        ),
-        (
-            maps::IFACE_STATS,
-            shape(MapType::PerCpuHash, 4, c, layout.maps.interfaces),
-        ),
+        (maps::CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::TC_CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::IFACE_STATS, shape(MapType::PerCpuHash, 4, c, m.interfaces)),
         (
             maps::ITER_SCRATCH,
-            shape(
-                MapType::LruHash,
-                8,
-                size_of::<IterAcc>() as u32,
-                layout.maps.readers,
-            ),
+            shape(MapType::LruHash, 8, size_of::<IterAcc>(), m.readers),
+        ),
+        (maps::IFACE_OWNER, shape(MapType::Hash, 4, 8, m.interfaces)),
+        (maps::VETH_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (
+            maps::DEPARTED,
+            shape(MapType::Hash, 8, size_of::<Departed>(), m.cgroups),
+        ),
+        (
+            maps::REMOVED,
+            shape(MapType::LruHash, 8, size_of::<Removed>(), m.cgroups),
+        ),
+        (
+            maps::REMOVED_SCRATCH,
+            shape(MapType::PerCpuArray, 4, size_of::<Removed>(), 1),
         ),
     ]
 }
+
+/// Maps whose content is rebuilt (scratch space, interface owners set by
+/// every apply): replaced without asking when their shape changes.
+pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];
 
 /// What to do with pinned maps whose shape no longer fits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -134,6 +140,13 @@ pub enum Action {
     PinStats {
         cgroup: String,
         id: u64,
+        pin: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replace: Option<String>,
+    },
+    /// Attach the `cgroup_rmdir` tracepoint program (final totals of
+    /// removed cgroups, folded into their parents).
+    AttachRmdir {
         pin: PathBuf,
         #[serde(skip_serializing_if = "Option::is_none")]
         replace: Option<String>,
@@ -225,6 +238,12 @@ impl fmt::Display for Action {
             Action::SetAccess { path, uid, gid, mode } => {
                 write!(f, "set owner {uid}:{gid} mode {mode} on {}", path.display())
             }
+            Action::AttachRmdir { pin, replace } => write!(
+                f,
+                "{}attach the cgroup_rmdir tracepoint -> {}",
+                verb(replace),
+                pin.display()
+            ),
         }
     }
 }
@@ -304,6 +323,24 @@ pub fn plan(w: &World<'_>) -> Result<Vec<Action>> {
     let reload = reason.is_some();
     if let Some(reason) = reason {
         actions.push(Action::LoadPrograms { reason });
+    }
+    // The cgroup_rmdir tracepoint: a tracing link cannot move to another
+    // program in place, so a new build replaces it.
+    let rmdir = w.pins.rmdir_link();
+    let replace = match w.held.links.get(&rmdir) {
+        None => Some(None),
+        Some(Some(l))
+            if !reload && w.held.programs.get(prog::CGROUP_RMDIR).map(|p| p.id) == Some(l.prog_id) =>
+        {
+            None
+        }
+        Some(Some(_)) => Some(Some(
+            "a tracing link cannot move to another program in place".to_string(),
+        )),
+        Some(None) => Some(Some("the pin is not a readable link".to_string())),
+    };
+    if let Some(replace) = replace {
+        actions.push(Action::AttachRmdir { pin: rmdir, replace });
     }
     let mut keep = Vec::new();
 
@@ -504,7 +541,7 @@ fn map_actions(w: &World<'_>) -> Result<Vec<Action>> {
             continue;
         }
         let pin = w.pins.map(name);
-        let scratch = name == maps::ITER_SCRATCH;
+        let scratch = REBUILT_MAPS.contains(&name);
         let resize_only =
             (have.kind, have.key_size, have.value_size) == (want.kind, want.key_size, want.value_size);
         match w.maps {

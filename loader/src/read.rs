@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub tc_cgroups: BTreeMap<u64, Counters>,
     /// ifindex -> counters of the TC hooks.
     pub interfaces: BTreeMap<u32, Counters>,
+    /// owner cgroup id -> frames through its interfaces (rx towards it).
+    pub veth: BTreeMap<u64, Counters>,
 }
 
 pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
@@ -103,6 +105,12 @@ pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
         cgroups: map_totals(&pins.map(maps::CGROUP_STATS))?,
         tc_cgroups: map_totals(&pins.map(maps::TC_CGROUP_STATS))?,
         interfaces: map_totals(&pins.map(maps::IFACE_STATS))?,
+        // Roots made before owners existed have no such map yet.
+        veth: if pins.map(maps::VETH_STATS).exists() {
+            map_totals(&pins.map(maps::VETH_STATS))?
+        } else {
+            BTreeMap::new()
+        },
     })
 }
 

@@ -9,18 +9,18 @@
 //!
 //! aya-ebpf has no macro for iterators: the function is placed in the
 //! `iter/cgroup` section by hand, with the kernel's context layout.
-use core::{ffi::c_void, ptr};
+use core::ptr;
 
 use aya_ebpf::{
     bindings::{seq_file, BPF_ANY},
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_map_lookup_percpu_elem, bpf_seq_printf},
-    },
+    helpers::generated::bpf_seq_printf,
 };
-use cgacct_common::{Counters, IterAcc, MAX_CPUS};
+use cgacct_common::{Counters, Departed, IterAcc};
 
-use crate::maps::{CGROUP_STATS, ITER_SCRATCH, TC_CGROUP_STATS};
+use crate::{
+    kernel::{self, cgroup_id, sum_percpu},
+    maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+};
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
@@ -37,19 +37,6 @@ pub struct IterCgroupCtx {
     cgroup: *const u8,
 }
 
-// Set by the loader before load (read-only data: the verifier sees them as
-// constants). The defaults only matter if the loader forgot to set them.
-#[unsafe(no_mangle)]
-static NR_CPUS: u32 = 1;
-#[unsafe(no_mangle)]
-static CGROUP_KN_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static KERNFS_NODE_ID_OFFSET: u32 = 0;
-// Not used for counting: kept in the program's read-only data so that the
-// loader can read back which build is running.
-#[unsafe(no_mangle)]
-static BUILD_ID: u64 = 0;
-
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/cgroup")]
 pub extern "C" fn cgacct_net_stat(ctx: *mut IterCgroupCtx) -> i32 {
@@ -60,7 +47,9 @@ pub extern "C" fn cgacct_net_stat(ctx: *mut IterCgroupCtx) -> i32 {
         let session = (*meta).session_id;
         let cgroup = (*ctx).cgroup;
         if cgroup.is_null() {
-            let _ = ptr::read_volatile(&BUILD_ID);
+            // Not used for counting: kept so the loader can read back
+            // which build runs (see kernel::BUILD_ID).
+            let _ = ptr::read_volatile(&kernel::BUILD_ID);
             epilogue(seq, session);
         } else {
             visit(cgroup, session, (*meta).seq_num);
@@ -75,17 +64,34 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
-    let own = sum_percpu(ptr::from_ref(&CGROUP_STATS).cast_mut().cast(), &id);
-    let own_tc = sum_percpu(ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(), &id);
+    let [own, own_tc, own_veth] = sum_percpu(
+        [
+            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
+        ],
+        &id,
+    );
+    // Removed descendants, folded in when each was removed (under the same
+    // cgroup_mutex this walk holds): subtree sums never go backwards.
+    let gone = match DEPARTED.get_ptr(id) {
+        // SAFETY: non-NULL lookup result.
+        Some(d) => unsafe { *d },
+        None => Departed::default(),
+    };
     if seq_num == 0 {
-        let acc = IterAcc {
+        let mut acc = IterAcc {
             cgroup_id: id,
             cgroups: 1,
             own,
             subtree: own,
             own_tc,
             subtree_tc: own_tc,
+            own_veth,
+            subtree_veth: own_veth,
+            departed_cgroups: 0,
         };
+        add_departed(&mut acc, &gone);
         let _ = ITER_SCRATCH.insert(session, acc, BPF_ANY as u64);
     } else if let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) {
         // SAFETY: a session is walked by one reader at a time.
@@ -93,49 +99,17 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.cgroups += 1;
         acc.subtree.add(&own);
         acc.subtree_tc.add(&own_tc);
+        acc.subtree_veth.add(&own_veth);
+        add_departed(acc, &gone);
     }
 }
 
-/// `cgroup->kn->id`, with offsets taken from the running kernel's BTF by
-/// the loader: nothing about kernel struct layout is baked in.
 #[inline(always)]
-unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
-    // SAFETY: read-only globals.
-    let (kn_off, id_off) = unsafe {
-        (
-            ptr::read_volatile(&CGROUP_KN_OFFSET) as usize,
-            ptr::read_volatile(&KERNFS_NODE_ID_OFFSET) as usize,
-        )
-    };
-    let kn_slot = (cgroup as usize).wrapping_add(kn_off) as *const usize;
-    // SAFETY: probe reads are checked by the kernel.
-    let kn = unsafe { bpf_probe_read_kernel(kn_slot) }.ok()?;
-    if kn == 0 {
-        return None;
-    }
-    let id_slot = kn.wrapping_add(id_off) as *const u64;
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel(id_slot) }.ok()
-}
-
-/// Sum of every CPU's slot of `map[key]`.
-#[inline(always)]
-fn sum_percpu(map: *mut c_void, key: &u64) -> Counters {
-    // SAFETY: read-only global.
-    let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
-    let mut total = Counters::default();
-    let mut cpu = 0u32;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        // SAFETY: helper call with a valid map and key; NULL when absent.
-        let slot =
-            unsafe { bpf_map_lookup_percpu_elem(map, ptr::from_ref(key).cast(), cpu) } as *const Counters;
-        if !slot.is_null() {
-            // SAFETY: non-NULL lookup result points at a `Counters`.
-            total.add(unsafe { &*slot });
-        }
-        cpu += 1;
-    }
-    total
+fn add_departed(acc: &mut IterAcc, d: &Departed) {
+    acc.departed_cgroups += d.cgroups;
+    acc.subtree.add(&d.totals.socket);
+    acc.subtree_tc.add(&d.totals.tc);
+    acc.subtree_veth.add(&d.totals.veth);
 }
 
 /// After the walk: print the sums as flat `key value` lines, like cgroupfs
@@ -148,25 +122,40 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
     // SAFETY: non-NULL lookup result.
     let a = unsafe { *acc };
     let _ = ITER_SCRATCH.remove(session);
-    // Two calls instead of one per group of lines: each bpf_seq_printf
-    // call has a fixed cost (argument checks, formatting setup), and a
-    // `net.stat` read is held to cgroupfs stat files' speed. 12 arguments
-    // is the helper's limit.
-    let [rb, rp, tb, tp] = counters(&a.subtree);
-    let [srb, srp, stb, stp] = counters(&a.own);
     print(
         seq,
-        b"cgroup_id %llu\nsubtree_cgroups %llu\nrx_bytes %llu\nrx_packets %llu\ntx_bytes %llu\ntx_packets %llu\n\
-self_rx_bytes %llu\nself_rx_packets %llu\nself_tx_bytes %llu\nself_tx_packets %llu\n\0",
-        &[a.cgroup_id, a.cgroups, rb, rp, tb, tp, srb, srp, stb, stp],
+        b"cgroup_id %llu\nsubtree_cgroups %llu\nremoved_cgroups %llu\n\0",
+        &[a.cgroup_id, a.cgroups, a.departed_cgroups],
     );
-    let [ib, ip, eb, ep] = counters(&a.subtree_tc);
-    let [sib, sip, seb, sep] = counters(&a.own_tc);
     print(
         seq,
-        b"tc_ingress_bytes %llu\ntc_ingress_packets %llu\ntc_egress_bytes %llu\ntc_egress_packets %llu\n\
-self_tc_ingress_bytes %llu\nself_tc_ingress_packets %llu\nself_tc_egress_bytes %llu\nself_tc_egress_packets %llu\n\0",
-        &[ib, ip, eb, ep, sib, sip, seb, sep],
+        b"rx_bytes %llu\nrx_packets %llu\ntx_bytes %llu\ntx_packets %llu\n\0",
+        &counters(&a.subtree),
+    );
+    print(
+        seq,
+        b"self_rx_bytes %llu\nself_rx_packets %llu\nself_tx_bytes %llu\nself_tx_packets %llu\n\0",
+        &counters(&a.own),
+    );
+    print(
+        seq,
+        b"tc_ingress_bytes %llu\ntc_ingress_packets %llu\ntc_egress_bytes %llu\ntc_egress_packets %llu\n\0",
+        &counters(&a.subtree_tc),
+    );
+    print(
+        seq,
+        b"self_tc_ingress_bytes %llu\nself_tc_ingress_packets %llu\nself_tc_egress_bytes %llu\nself_tc_egress_packets %llu\n\0",
+        &counters(&a.own_tc),
+    );
+    print(
+        seq,
+        b"veth_rx_bytes %llu\nveth_rx_packets %llu\nveth_tx_bytes %llu\nveth_tx_packets %llu\n\0",
+        &counters(&a.subtree_veth),
+    );
+    print(
+        seq,
+        b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
+        &counters(&a.own_veth),
     );
 }
 

@@ -7,13 +7,17 @@
 //!   cgroup and per interface.
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
+//! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
+//!   and keeps them as its last word.
 #![no_std]
 #![no_main]
 
 mod account;
 mod cgroup_iter;
 mod cgroup_skb;
+mod kernel;
 mod maps;
+mod removal;
 mod tc;
 
 #[cfg(not(test))]

@@ -3,11 +3,17 @@
 //!
 //! Traffic without a socket (forwarded, or made by the kernel) is counted
 //! under cgroup id 0, the unattributed bucket: never dropped from totals.
+//!
+//! An interface with an owner (the cgroup behind it, in `IFACE_OWNER`) also
+//! counts every frame, whatever its socket, in `VETH_STATS` under the owner,
+//! from the owner's side: leaving the host through the interface (TC egress)
+//! is the owner's rx, arriving from it (TC ingress) the owner's tx. Each map
+//! counts a frame once.
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
 
 use crate::{
     account::{add, measure, Direction},
-    maps::{IFACE_STATS, TC_CGROUP_STATS},
+    maps::{IFACE_OWNER, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
 };
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: let the next program or the default
@@ -36,4 +42,13 @@ fn count(ctx: &TcContext, dir: Direction) {
     let (bytes, packets) = measure(skb, ETH_HLEN);
     add(&TC_CGROUP_STATS, &cgroup_id, dir, bytes, packets);
     add(&IFACE_STATS, &ifindex, dir, bytes, packets);
+    // SAFETY: a plain lookup; the value is copied out at once.
+    if let Some(owner) = unsafe { IFACE_OWNER.get(&ifindex) } {
+        let owner = *owner;
+        let owner_dir = match dir {
+            Direction::Rx => Direction::Tx,
+            Direction::Tx => Direction::Rx,
+        };
+        add(&VETH_STATS, &owner, owner_dir, bytes, packets);
+    }
 }

@@ -73,6 +73,8 @@ fn plan_changes_nothing_and_apply_does_exactly_the_plan() {
         "BPF_MAP_GET_FD_BY_ID",
         "BPF_PROG_GET_FD_BY_ID",
         "BPF_MAP_LOOKUP_ELEM",
+        "BPF_MAP_LOOKUP_BATCH",
+        "BPF_MAP_GET_NEXT_KEY",
     ];
     let cmds: Vec<&str> = calls.lines().filter(|l| l.contains("bpf(")).collect();
     assert!(!cmds.is_empty(), "strace saw no bpf() call at all");

@@ -6,9 +6,16 @@
 mod world;
 
 mod access;
+mod attribution;
 mod bad_input;
 mod counts;
 mod declarative;
+mod export;
 mod faults;
+mod latency;
 mod lifecycle;
+mod removal;
 mod tc_modes;
+mod top;
+mod tree;
+mod watch;

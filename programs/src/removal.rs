@@ -1,0 +1,95 @@
+//! BTF tracepoint `cgroup_rmdir`: the last word of a removed cgroup.
+//!
+//! It runs inside `rmdir`, under the `cgroup_mutex` that every `net.stat`
+//! read (the cgroup iterator) also holds, right after the cgroup went dead
+//! (from then on iterators skip it). In one step for any reader it: adds the
+//! cgroup's own totals and those of its own removed descendants to its
+//! parent's `DEPARTED` entry; records them, with the path and the time, in
+//! `REMOVED`; and deletes its entries from the counter maps. So a parent's
+//! subtree totals never go backwards when a child goes, and a cgroup that
+//! lived for a moment still has its final totals afterwards.
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_ktime_get_boot_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use cgacct_common::{Departed, Totals};
+
+use crate::{
+    kernel::{cgroup_kn, kn_id, kn_parent, sum_percpu},
+    maps::{CGROUP_STATS, DEPARTED, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+};
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn cgacct_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct cgroup *cgrp, const char *path)
+    let cgrp: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    // SAFETY: kernel pointers are only read through probe helpers.
+    unsafe { fold(cgrp, path) };
+    0
+}
+
+#[inline(always)]
+unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
+    // SAFETY: probe reads.
+    let kn = unsafe { cgroup_kn(cgrp) }?;
+    let id = unsafe { kn_id(kn) }?;
+    let parent = unsafe { kn_id(kn_parent(kn)?) }?;
+    // The record is built in a per-CPU slot (too big for the BPF stack).
+    let rec = REMOVED_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, not preempted while the program runs.
+    let rec = unsafe { &mut *rec };
+    let [socket, tc, veth] = sum_percpu(
+        [
+            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
+        ],
+        &id,
+    );
+    rec.id = id;
+    rec.parent_id = parent;
+    // SAFETY: helper without arguments.
+    rec.removed_at_ns = unsafe { bpf_ktime_get_boot_ns() };
+    rec.own = Totals { socket, tc, veth };
+    rec.subtree = rec.own;
+    rec.descendants = 0;
+    if let Some(d) = DEPARTED.get_ptr(id) {
+        // SAFETY: non-NULL lookup result.
+        let d = unsafe { &*d };
+        rec.descendants = d.cgroups;
+        rec.subtree.add(&d.totals);
+    }
+
+    // The parent gains what this cgroup and its removed descendants counted.
+    if let Some(p) = DEPARTED.get_ptr_mut(parent) {
+        // SAFETY: writers run under cgroup_mutex, one at a time.
+        let p = unsafe { &mut *p };
+        p.cgroups += rec.descendants + 1;
+        p.totals.add(&rec.subtree);
+    } else {
+        let fresh = Departed {
+            cgroups: rec.descendants + 1,
+            totals: rec.subtree,
+        };
+        let _ = DEPARTED.insert(parent, fresh, BPF_ANY as u64);
+    }
+
+    // The path as the kernel printed it (NUL-terminated, truncated).
+    // SAFETY: reads a NUL-terminated kernel string into the buffer.
+    if unsafe { bpf_probe_read_kernel_str_bytes(path, &mut rec.path) }.is_err() {
+        rec.path[0] = 0;
+    }
+    let _ = REMOVED.insert(id, &*rec, BPF_ANY as u64);
+
+    // Its counters live on in the record: free the map space.
+    let _ = DEPARTED.remove(id);
+    let _ = CGROUP_STATS.remove(id);
+    let _ = TC_CGROUP_STATS.remove(id);
+    let _ = VETH_STATS.remove(id);
+    Some(())
+}
