@@ -166,6 +166,11 @@ impl World {
         self.cgroups.push(path);
     }
 
+    /// The host side's IPv4 address.
+    pub fn ipv4_host(&self) -> String {
+        self.addr4(1)
+    }
+
     pub fn ipv4_peer(&self) -> String {
         self.addr4(2)
     }
@@ -275,7 +280,11 @@ impl World {
         use cgacct_common::programs as p;
         use cgacct_pin::sys::LinkTarget;
         let progs = self.program_ids();
-        assert_eq!(progs.len(), 5, "pinned programs: {progs:?}");
+        assert_eq!(
+            progs.len(),
+            cgacct_pin::plan::PROGRAMS.len(),
+            "pinned programs: {progs:?}"
+        );
         let links = self.inventory();
         let count = |f: &dyn Fn(&LinkTarget) -> bool| links.iter().filter(|l| f(&l.target)).count();
         let tc = cgacct_pin::tc_attach::attached_programs(&self.host_if).expect("tc attachments");

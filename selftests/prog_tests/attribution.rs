@@ -29,7 +29,7 @@ fn quiet_link(w: &World) {
     let host_mac = mac(None, &w.host_if);
     let peer_mac = mac(Some(&w.netns), &peer_if);
     let peer_ip = w.ipv4_peer();
-    let host_ip = format!("{}.1", peer_ip.strip_suffix(".2").expect("peer ends in .2"));
+    let host_ip = w.ipv4_host();
     sh(&format!(
         "sysctl -qw net.ipv6.conf.{h}.disable_ipv6=1
          ip netns exec {ns} sysctl -qw net.ipv6.conf.{p}.disable_ipv6=1
