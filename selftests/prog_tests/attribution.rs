@@ -38,7 +38,6 @@ fn quiet_link(w: &World) {
         h = w.host_if,
         p = peer_if,
         ns = w.netns,
-        peer_ip = w.ipv4_peer(),
     ));
 }
 
