@@ -184,12 +184,17 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
             cgroups: read::map_totals_by_key(&pins.map(maps::CGROUP_STATS))?,
             tc_cgroups: read::map_totals_by_key(&pins.map(maps::TC_CGROUP_STATS))?,
             interfaces: read::map_totals_by_key(&pins.map(maps::IFACE_STATS))?,
+            veth: read::map_totals_by_key(&pins.map(maps::VETH_STATS))?,
         })
     };
     // Both ways must read the same numbers.
     let a = read::snapshot(&pins)?;
     let b = by_key(&pins)?;
-    if a.cgroups != b.cgroups || a.tc_cgroups != b.tc_cgroups || a.interfaces != b.interfaces {
+    if a.cgroups != b.cgroups
+        || a.tc_cgroups != b.tc_cgroups
+        || a.interfaces != b.interfaces
+        || a.veth != b.veth
+    {
         bail!("batch and key-by-key reads of {} differ", root.display());
     }
     if a.cgroups.len() != o.dump_keys
