@@ -267,7 +267,9 @@ fn tcx_profile(w: &mut World, n: usize, scale_rel: &str) -> Result<Option<Profil
         else {
             continue;
         };
+        // The TCX probe's request (ifindex 0, refused with ENODEV) is not an attachment.
         let is_tcx = line.contains("BPF_LINK_CREATE")
+            && !line.contains("= -1 ")
             && [
                 "attach_type=0x2e",
                 "attach_type=0x2f",
