@@ -160,18 +160,10 @@ fn ifindex(name: &str) -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-fn tcx_programs(iface: &str) -> usize {
-    [
-        aya::programs::TcAttachType::Ingress,
-        aya::programs::TcAttachType::Egress,
-    ]
-    .into_iter()
-    .map(|k| {
-        aya::programs::SchedClassifier::query_tcx(iface, k)
-            .map(|(_, p)| p.len())
-            .unwrap_or(0)
-    })
-    .sum()
+/// TC programs on `iface`, both directions: TCX links or clsact filters,
+/// whichever this kernel uses.
+fn tc_programs(iface: &str) -> usize {
+    cgacct_pin::tc_attach::attached_programs(iface).map_or(0, |a| a.tcx + a.clsact)
 }
 
 #[test]
@@ -204,9 +196,12 @@ fn watch_attaches_and_cleans_up_veth_churn() {
     wait_until("tc links on the new veth", Duration::from_secs(5), || {
         pin(&names[0], Ingress).exists() && pin(&names[0], Egress).exists()
     });
-    assert_eq!(tcx_programs(&names[0]), 2);
+    // A clsact marker is pinned just before its filter is added.
+    wait_until("both tc programs attached", Duration::from_secs(5), || {
+        tc_programs(&names[0]) == 2
+    });
     // The peer does not match the pattern: left alone.
-    assert_eq!(tcx_programs(&peers[0]), 0);
+    assert_eq!(tc_programs(&peers[0]), 0);
     rtnl.del_link(ifindex(&names[0]).expect("ifindex"))
         .expect("del veth");
     wait_until(
@@ -228,9 +223,9 @@ fn watch_attaches_and_cleans_up_veth_churn() {
             pin(n, Ingress).exists() == want && pin(n, Egress).exists() == want
         })
     });
-    for n in names.iter().skip(1).step_by(2) {
-        assert_eq!(tcx_programs(n), 2, "{n}");
-    }
+    wait_until("tc programs on the kept veths", Duration::from_secs(5), || {
+        names.iter().skip(1).step_by(2).all(|n| tc_programs(n) == 2)
+    });
     let left: Vec<_> = cgacct_pin::plan::two_level_pins(&p.tc_links()).expect("pins");
     assert_eq!(left.len(), 12, "{left:?}");
 }
