@@ -221,13 +221,11 @@ pub fn marker_state(
         return Ok(None);
     };
     let mut attached = false;
-    for iface in interfaces {
-        for direction in Direction::BOTH {
-            if pins.tc_link(&iface.name, direction) == pin {
-                attached = bpf_filters(iface.ifindex, direction)?
-                    .iter()
-                    .any(|f| f.prog_id == Some(prog_id));
-            }
+    if let Some((name, direction)) = hook_of(pins, pin) {
+        if let Some(iface) = interfaces.iter().find(|i| i.name == name) {
+            attached = bpf_filters(iface.ifindex, direction)?
+                .iter()
+                .any(|f| f.prog_id == Some(prog_id));
         }
     }
     Ok(Some(sys::LinkState {
@@ -260,28 +258,26 @@ pub fn release(pins: &Pins, pin: &Path) -> Result<()> {
     let Some(prog_id) = marker_program(pin)? else {
         return Ok(());
     };
-    for iface in host::interfaces()? {
-        for direction in Direction::BOTH {
-            if pins.tc_link(&iface.name, direction) != pin {
-                continue;
-            }
-            for f in bpf_filters(iface.ifindex, direction)? {
-                if f.prog_id != Some(prog_id) {
-                    continue;
-                }
-                let link = SchedClassifierLink::attached(
-                    &iface.name,
-                    attach_type(direction),
-                    f.priority,
-                    tc::TcHandle::from(f.handle),
-                    None,
-                )
-                .with_context(|| format!("finding the filter on {}", iface.name))?;
-                link.detach().map_err(|e: ProgramError| {
-                    anyhow!("detaching the clsact filter from {}: {e}", iface.name)
-                })?;
-            }
+    let Some((name, direction)) = hook_of(pins, pin) else {
+        return Ok(());
+    };
+    let Some(ifindex) = ifindex(&name)? else {
+        return Ok(());
+    };
+    for f in bpf_filters(ifindex, direction)? {
+        if f.prog_id != Some(prog_id) {
+            continue;
         }
+        let link = SchedClassifierLink::attached(
+            &name,
+            attach_type(direction),
+            f.priority,
+            tc::TcHandle::from(f.handle),
+            None,
+        )
+        .with_context(|| format!("finding the filter on {name}"))?;
+        link.detach()
+            .map_err(|e: ProgramError| anyhow!("detaching the clsact filter from {name}: {e}"))?;
     }
     // No interface of that name: it is gone, and its filters with it.
     Ok(())
@@ -311,11 +307,36 @@ pub fn attached_programs(interface: &str) -> Result<Attached> {
     Ok(out)
 }
 
+/// The index of `interface` in this network namespace (one
+/// `/sys/class/net/<name>/ifindex` read, not a scan); None when there is no
+/// such interface.
 fn ifindex(interface: &str) -> Result<Option<u32>> {
-    Ok(host::interfaces()?
-        .into_iter()
-        .find(|i| i.name == interface)
-        .map(|i| i.ifindex))
+    if interface.is_empty() || interface.contains('/') || interface == "." || interface == ".." {
+        return Ok(None);
+    }
+    let path = Path::new("/sys/class/net").join(interface).join("ifindex");
+    match fs::read_to_string(&path) {
+        Ok(s) => {
+            Ok(Some(s.trim().parse().with_context(|| {
+                format!("reading {}: not a number", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The interface name and direction a pin under `links/tc` stands for
+/// (`links/tc/<escaped name>/<direction>`), found from the pin's own path
+/// rather than by trying every interface; None for any other path.
+fn hook_of(pins: &Pins, pin: &Path) -> Option<(String, Direction)> {
+    let direction = match pin.file_name()?.to_str()? {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
+        _ => return None,
+    };
+    let name = names::unescape(pin.parent()?.file_name()?.to_str()?)?;
+    (pins.tc_link(&name, direction) == pin).then_some((name, direction))
 }
 
 /// A bpf filter on a clsact hook.
