@@ -17,10 +17,14 @@
 //!   have filters on it. `tc filter show dev IF ingress` lists the filters;
 //!   `bpftool link` does not.
 //!
-//! Counting is the same either way. `CGACCT_TC_ATTACH=clsact` forces clsact
-//! filters on a kernel that has TCX (for tests, or to run next to tools that
-//! order tc filters themselves); `tcx` forces TCX; `auto` (the default)
-//! probes.
+//! Counting is the same either way. The layout's `[tc] attach` chooses:
+//! `auto` (the default) probes, `tcx` requires TCX links, `clsact` makes
+//! clsact filters even where the kernel has TCX: to run next to tools that
+//! order tc filters themselves, or to attach to thousands of interfaces
+//! fast (each TCX link creation waits for an RCU grace period under the
+//! RTNL lock, about 15 ms; a clsact filter costs well under 1 ms). The
+//! environment variable `CGACCT_TC_ATTACH` (same values) overrides the
+//! layout.
 use std::{ffi::CString, fs, io, os::fd::AsFd as _, path::Path, sync::OnceLock};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -54,6 +58,35 @@ pub enum Mode {
     Clsact,
 }
 
+/// What the layout's `[tc] attach` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    /// Probe: TCX where the kernel has it, clsact elsewhere.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+static PREFERENCE: OnceLock<Preference> = OnceLock::new();
+
+/// Records the layout's `[tc] attach` for [`choice`]; call it before the
+/// first [`choice`]. The first call wins (one layout per process).
+pub fn prefer(p: Preference) {
+    let _ = PREFERENCE.set(p);
+}
+
+impl Preference {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preference::Auto => "auto",
+            Preference::Tcx => "tcx",
+            Preference::Clsact => "clsact",
+        }
+    }
+}
+
 /// The mode and why it was chosen.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Choice {
@@ -76,22 +109,34 @@ impl Choice {
     }
 }
 
-/// Probes once per process (or takes `CGACCT_TC_ATTACH`).
+/// Decides once per process: `CGACCT_TC_ATTACH` when set, else the
+/// layout's `[tc] attach` (see [`prefer`]); `auto` probes the kernel.
 pub fn choice() -> Result<&'static Choice> {
     static CHOICE: OnceLock<Choice> = OnceLock::new();
     if let Some(c) = CHOICE.get() {
         return Ok(c);
     }
-    let c = match std::env::var(ENV).as_deref() {
-        Ok("clsact") => Choice {
+    let (preference, source) = match std::env::var(ENV).as_deref() {
+        Ok("clsact") => (Preference::Clsact, format!("{ENV}=clsact")),
+        Ok("tcx") => (Preference::Tcx, format!("{ENV}=tcx")),
+        Ok("auto") => (Preference::Auto, String::new()),
+        Ok("") | Err(std::env::VarError::NotPresent) => {
+            let p = PREFERENCE.get().copied().unwrap_or_default();
+            (p, format!("the layout's [tc] attach = \"{}\"", p.as_str()))
+        }
+        Ok(other) => bail!("{ENV}={other:?} is not one of auto, tcx, clsact"),
+        Err(e) => bail!("{ENV}: {e}"),
+    };
+    let c = match preference {
+        Preference::Clsact => Choice {
             mode: Mode::Clsact,
-            why: format!("{ENV}=clsact"),
+            why: source,
         },
-        Ok("tcx") => Choice {
+        Preference::Tcx => Choice {
             mode: Mode::Tcx,
-            why: format!("{ENV}=tcx"),
+            why: source,
         },
-        Ok("auto") | Ok("") | Err(std::env::VarError::NotPresent) => {
+        Preference::Auto => {
             match sys::probe_tcx().context("probing the kernel for TCX (BPF_PROG_LOAD, BPF_LINK_CREATE)")? {
                 true => Choice {
                     mode: Mode::Tcx,
@@ -103,8 +148,6 @@ pub fn choice() -> Result<&'static Choice> {
                 },
             }
         }
-        Ok(other) => bail!("{ENV}={other:?} is not one of auto, tcx, clsact"),
-        Err(e) => bail!("{ENV}: {e}"),
     };
     Ok(CHOICE.get_or_init(|| c))
 }
