@@ -204,7 +204,7 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
     );
     report.figure(
         SECTION,
-        format!("cgacct-pin apply, [tc] attach = \"clsact\": the same, TC as clsact filters"),
+        "cgacct-pin apply, [tc] attach = \"clsact\": the same, TC as clsact filters",
         summary(&ours_clsact)?,
         Unit::Ms,
         "",
