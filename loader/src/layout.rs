@@ -359,8 +359,8 @@ mod tests {
             Layout::parse("[tc]\ndiscover_owners = true\nowners = { \"vw*\" = \"/web.slice/\" }").unwrap();
         assert!(l.tc_discover_owners);
         assert_eq!(l.tc_attach, crate::tc_attach::Preference::Auto);
-        let l = Layout::parse("[tc]\nattach = \"clsact\"").unwrap();
-        assert_eq!(l.tc_attach, crate::tc_attach::Preference::Clsact);
+        let clsact = Layout::parse("[tc]\nattach = \"clsact\"").unwrap();
+        assert_eq!(clsact.tc_attach, crate::tc_attach::Preference::Clsact);
         let e = format!("{:#}", Layout::parse("[tc]\nattach = \"xdp\"").unwrap_err());
         assert!(e.contains("clsact"), "{e}");
         assert_eq!(l.tc_owners[0].1, "web.slice");
