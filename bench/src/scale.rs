@@ -120,7 +120,11 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
             let (t, out) = timed(Command::new(&w.cgacct_pin).arg("apply").arg(layout))?;
             let made = out
                 .lines()
-                .filter(|l| l.starts_with("attach") || l.starts_with("pin stats"))
+                .filter(|l| {
+                    ["attach tc ", "attach cgroup_skb ", "pin stats "]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
                 .count();
             if made != 5 * n {
                 bail!(
