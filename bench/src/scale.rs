@@ -157,6 +157,7 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
                 _ => b = shell(w)?,
             }
         }
+        eprintln!("   round {round}: apply (auto) {a:.0} ms, apply (clsact) {c:.0} ms, shell loop {b:.0} ms");
         ours.push(a);
         ours_clsact.push(c);
         theirs.push(b);
@@ -311,7 +312,9 @@ fn tcx_profile(w: &mut World, n: usize, scale_rel: &str) -> Result<Option<Profil
         else {
             continue;
         };
+        // The TCX probe (ifindex 0) fails by design: not an attachment.
         let is_tcx = line.contains("BPF_LINK_CREATE")
+            && !line.contains("= -1 ")
             && [
                 "attach_type=0x2e",
                 "attach_type=0x2f",
