@@ -2,7 +2,9 @@
 //! their stats files, by `cgacct-pin apply`, against the same attachments
 //! made the way operators script them today: a shell loop of `tc qdisc add
 //! ... clsact` and `tc filter add ... bpf da pinned ...` per interface and
-//! `bpftool cgroup attach` per cgroup. Rounds alternate which goes first;
+//! `bpftool cgroup attach` per cgroup. cgacct-pin runs twice per round, with
+//! `[tc] attach = "auto"` (TCX links on kernels that have TCX) and with
+//! `"clsact"` (clsact filters). Rounds rotate which of the three goes first;
 //! the interfaces and cgroups are made afresh before each (untimed).
 //!
 //! The shell loop is given every advantage: its programs are loaded and
@@ -91,20 +93,31 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
     let script = shell_loop(w, n, &shell_progs, &cgroups);
 
     let (mut ours, mut theirs, mut ratio, mut reapply) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_clsact, mut ratio_clsact, mut reapply_clsact) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let root = w.root(&format!("scale{round}"));
-        let layout = w.layout(
-            &format!("scale{round}"),
-            &format!(
-                "root = {root:?}\n[tc]\ninterfaces = [{:?}]\n[cgroup_skb]\nattach = [\"/{scale_rel}/*\"]\n\
-                 [stats]\ncgroups = [\"/{scale_rel}/*\"]\n",
-                w.host_if_glob()
-            ),
-        )?;
-        let mut cgacct = |w: &mut World| -> Result<f64> {
+        // `[tc] attach`: "auto" (TCX on this kernel), then "clsact".
+        let layouts = ["auto", "clsact"].map(|mode| -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+            let name = format!("scale{round}{mode}");
+            let root = w.root(&name);
+            let layout = w.layout(
+                &name,
+                &format!(
+                    "root = {root:?}\n[tc]\nattach = {mode:?}\ninterfaces = [{:?}]\n[cgroup_skb]\n\
+                     attach = [\"/{scale_rel}/*\"]\n[stats]\ncgroups = [\"/{scale_rel}/*\"]\n",
+                    w.host_if_glob()
+                ),
+            )?;
+            Ok((root, layout))
+        });
+        let [auto, clsact] = layouts;
+        let (auto, clsact) = (auto?, clsact?);
+        let cgacct = |w: &mut World,
+                      (root, layout): &(std::path::PathBuf, std::path::PathBuf),
+                      reapply: &mut Vec<f64>|
+         -> Result<f64> {
             check_interrupted()?;
             fresh(w, n)?;
-            let (t, out) = timed(Command::new(&w.cgacct_pin).arg("apply").arg(&layout))?;
+            let (t, out) = timed(Command::new(&w.cgacct_pin).arg("apply").arg(layout))?;
             let made = out
                 .lines()
                 .filter(|l| {
@@ -120,13 +133,13 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
                 );
             }
             for _ in 0..o.reapplies {
-                let (t, out) = timed(Command::new(&w.cgacct_pin).arg("apply").arg(&layout))?;
+                let (t, out) = timed(Command::new(&w.cgacct_pin).arg("apply").arg(layout))?;
                 if !out.contains("nothing to do") {
                     bail!("re-apply on a converged host did something:\n{out}");
                 }
                 reapply.push(t);
             }
-            w.destroy_root(&root)?;
+            w.destroy_root(root)?;
             Ok(t)
         };
         let shell = |w: &mut World| -> Result<f64> {
@@ -135,16 +148,21 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
             let (t, _) = timed(Command::new("bash").arg("-c").arg(&script)).context("the shell loop")?;
             Ok(t)
         };
-        let (a, b) = if round % 2 == 0 {
-            let a = cgacct(w)?;
-            (a, shell(w)?)
-        } else {
-            let b = shell(w)?;
-            (cgacct(w)?, b)
-        };
+        // Each of the three goes first in turn.
+        let (mut a, mut c, mut b) = (0.0, 0.0, 0.0);
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => a = cgacct(w, &auto, &mut reapply)?,
+                1 => c = cgacct(w, &clsact, &mut reapply_clsact)?,
+                _ => b = shell(w)?,
+            }
+        }
+        eprintln!("   round {round}: apply (auto) {a:.0} ms, apply (clsact) {c:.0} ms, shell loop {b:.0} ms");
         ours.push(a);
+        ours_clsact.push(c);
         theirs.push(b);
         ratio.push(b / a);
+        ratio_clsact.push(b / c);
     }
     let profile = if o.profile {
         tcx_profile(w, n, &scale_rel)?
@@ -184,6 +202,32 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
     report.figure(
         SECTION,
         "re-apply on the converged host (nothing to do)",
+        r,
+        Unit::Ms,
+        "<= 200 ms",
+        Verdict::from_goal(r.median <= 200.0),
+    );
+    report.figure(
+        SECTION,
+        "cgacct-pin apply, [tc] attach = \"clsact\": the same, TC as clsact filters",
+        summary(&ours_clsact)?,
+        Unit::Ms,
+        "",
+        Verdict::Info,
+    );
+    let r = summary(&ratio_clsact)?;
+    report.figure(
+        SECTION,
+        "shell loop / cgacct-pin apply (clsact)",
+        r,
+        Unit::Ratio,
+        ">= 20x",
+        Verdict::from_goal(r.median >= 20.0),
+    );
+    let r = summary(&reapply_clsact)?;
+    report.figure(
+        SECTION,
+        "re-apply on the converged host, clsact (nothing to do)",
         r,
         Unit::Ms,
         "<= 200 ms",
@@ -249,6 +293,7 @@ fn tcx_profile(w: &mut World, n: usize, scale_rel: &str) -> Result<Option<Profil
     let trace = std::env::temp_dir().join(format!("{}-strace.txt", w.prefix));
     let (apply_ms, _) = timed(
         Command::new("strace")
+            .env_remove("CGACCT_TC_ATTACH")
             .args(["-f", "-T", "-e", "trace=bpf", "-o"])
             .arg(&trace)
             .arg(&w.cgacct_pin)
@@ -267,7 +312,7 @@ fn tcx_profile(w: &mut World, n: usize, scale_rel: &str) -> Result<Option<Profil
         else {
             continue;
         };
-        // The TCX probe's request (ifindex 0, refused with ENODEV) is not an attachment.
+        // The TCX probe (ifindex 0) fails by design: not an attachment.
         let is_tcx = line.contains("BPF_LINK_CREATE")
             && !line.contains("= -1 ")
             && [

@@ -64,6 +64,9 @@ struct TcSection {
     owners: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     discover_owners: bool,
+    /// How TC programs attach: auto (probe), tcx, clsact.
+    #[serde(default)]
+    attach: crate::tc_attach::Preference,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +175,8 @@ pub struct Layout {
     /// Find the cgroup behind each attached veth from the processes in the
     /// veth peer's network namespace.
     pub tc_discover_owners: bool,
+    /// How TC programs attach (`[tc] attach`); `CGACCT_TC_ATTACH` overrides.
+    pub tc_attach: crate::tc_attach::Preference,
     /// Sections whose every pattern must match something (`required = true`).
     pub required: Required,
     pub access: AccessRules,
@@ -245,6 +250,7 @@ impl Layout {
         Ok(Layout {
             tc_owners,
             tc_discover_owners: file.tc.discover_owners,
+            tc_attach: file.tc.attach,
             root: file.root,
             maps: file.maps,
             tc_interfaces,
@@ -352,6 +358,11 @@ mod tests {
         let l =
             Layout::parse("[tc]\ndiscover_owners = true\nowners = { \"vw*\" = \"/web.slice/\" }").unwrap();
         assert!(l.tc_discover_owners);
+        assert_eq!(l.tc_attach, crate::tc_attach::Preference::Auto);
+        let clsact = Layout::parse("[tc]\nattach = \"clsact\"").unwrap();
+        assert_eq!(clsact.tc_attach, crate::tc_attach::Preference::Clsact);
+        let e = format!("{:#}", Layout::parse("[tc]\nattach = \"xdp\"").unwrap_err());
+        assert!(e.contains("clsact"), "{e}");
         assert_eq!(l.tc_owners[0].1, "web.slice");
         let e = format!("{:#}", Layout::parse("[tc]\ninterfaces = \"veth*\"").unwrap_err());
         assert!(e.contains("line 2"), "{e}");

@@ -277,6 +277,7 @@ fn load_layout(path: &std::path::Path, root: Option<PathBuf>) -> Result<Layout, 
         }
         layout.root = root;
     }
+    cgacct_pin::tc_attach::prefer(layout.tc_attach);
     Ok(layout)
 }
 

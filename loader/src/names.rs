@@ -128,6 +128,25 @@ pub fn escape(name: &str, dots: bool) -> String {
     out
 }
 
+/// The name [`escape`] was given; None when `escaped` is not its output.
+pub fn unescape(escaped: &str) -> Option<String> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let c = match rest.get(i + 1..i + 3)? {
+            "25" => '%',
+            "2e" => '.',
+            "0a" => '\n',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// Runs `op` (which creates `path`) with the parent's permission bits
 /// cleared when the last component has a dot, restoring them on every path.
 pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
@@ -183,6 +202,21 @@ pub fn probe_dots(root: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unescape_inverts_escape() {
+        for name in ["veth0", "a.b", "50%.x", "%2e", "new\nline", ""] {
+            for dots in [true, false] {
+                assert_eq!(
+                    unescape(&escape(name, dots)).as_deref(),
+                    Some(name),
+                    "{name:?} dots={dots}"
+                );
+            }
+        }
+        assert_eq!(unescape("a%2"), None);
+        assert_eq!(unescape("a%41"), None);
+    }
 
     #[test]
     fn mirror_paths_never_collide_with_internal_names() {

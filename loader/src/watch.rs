@@ -329,6 +329,7 @@ impl Watcher {
 
 pub fn run(layout_path: &std::path::Path, root: Option<PathBuf>, opts: Options) -> Result<()> {
     let mut layout = Layout::from_path(layout_path)?;
+    crate::tc_attach::prefer(layout.tc_attach);
     if let Some(r) = root {
         layout.root = r;
     }

@@ -130,3 +130,41 @@ fn clsact_filters_count_after_exit_are_planned_and_destroyed() {
         Attached::default()
     );
 }
+
+#[test]
+fn the_layout_key_selects_clsact_filters() {
+    require_kernel!();
+    const N: u64 = 7;
+    const P: u64 = 200;
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    let mut text = std::fs::read_to_string(&w.layout).expect("layout");
+    text = text.replacen("[tc]\n", "[tc]\nattach = \"clsact\"\n", 1);
+    std::fs::write(&w.layout, text).expect("write layout");
+    // No override in the environment: the layout alone chooses.
+    let out = apply_with(&w, None);
+    assert!(
+        out.contains("clsact bpf filters (the layout's [tc] attach = \"clsact\")"),
+        "{out}"
+    );
+    assert_eq!(
+        tc_attach::attached_programs(&w.host_if).expect("query"),
+        Attached { tcx: 0, clsact: 2 }
+    );
+    w.send_udp("a.scope", false, N as u32, P as usize);
+    let s = w.stat("a.scope");
+    assert_eq!(s["self_tc_egress_packets"], N, "{s:?}");
+    assert_eq!(s["self_tc_egress_bytes"], N * (P + 28), "{s:?}");
+    assert!(apply_with(&w, None).contains("nothing to do"));
+    // The environment overrides the layout: a TCX apply on the same pins
+    // keeps the clsact filters (the pins say what they are).
+    if world::tcx() {
+        assert!(apply_with(&w, Some("tcx")).contains("nothing to do"));
+    }
+    w.cgacct(&["destroy", "--root", w.root.to_str().expect("utf-8")]);
+    assert!(!w.root.exists());
+    assert_eq!(
+        tc_attach::attached_programs(&w.host_if).expect("query"),
+        Attached::default()
+    );
+}
