@@ -16,16 +16,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-extra=()
-for p in iperf3 strace; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || extra+=("$p")
-done
-if [ ${#extra[@]} -gt 0 ]; then
-  echo "bench: installing ${extra[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${extra[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt-install.sh
+. scripts/apt-install.sh
+apt_install_missing bench iperf3 strace || exit 2
 
 cargo build --release -p cgacct-pin -p cgacct-bench
 

@@ -17,26 +17,9 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing apt packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list.d"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
-  # The tests run /usr/bin/prometheus on their own with a temporary config;
-  # the package's service is not needed. Stop it if installing just started it.
-  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
-     && systemctl is-active --quiet prometheus 2>/dev/null; then
-    say "stopping and disabling the prometheus service the package started (only its binary is used)"
-    systemctl disable --now prometheus >/dev/null 2>&1 || say "could not disable prometheus.service; it keeps running"
-  fi
-else
-  say "apt packages present"
-fi
+# shellcheck source=scripts/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install_missing setup "${APT_PACKAGES[@]}" || exit 1
 
 command -v rustup >/dev/null || die "rustup not found; install Rust with rustup first"
 rustup toolchain list | grep -q '^nightly' || { say "installing nightly toolchain"; rustup toolchain install nightly --profile minimal || die "rustup toolchain install nightly failed"; }

@@ -14,18 +14,8 @@ die() { printf 'vm-setup: error: %s\n' "$*" >&2; exit 1; }
 
 APT_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils zstd gzip)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing apt packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list.d"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
-else
-  say "apt packages present: ${APT_PACKAGES[*]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install_missing vm-setup "${APT_PACKAGES[@]}" || exit 1
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after installing qemu-system-x86"
 [ -x /bin/busybox ] || die "/bin/busybox not found after installing busybox-static"

@@ -205,6 +205,18 @@ impl World {
         fs::write(&self.layout, text).expect("write layout");
     }
 
+    /// The standard layout, with TC on every interface matching `pattern`
+    /// instead of our one veth.
+    pub fn write_layout_tc(&self, pattern: &str) {
+        self.write_layout();
+        let text = fs::read_to_string(&self.layout).expect("layout");
+        let text = text.replace(
+            &format!("interfaces = [{:?}]", self.host_if),
+            &format!("interfaces = [{pattern:?}]"),
+        );
+        fs::write(&self.layout, text).expect("layout");
+    }
+
     pub fn cgacct(&self, args: &[&str]) -> Output {
         run(Command::new(BIN).args(args))
     }

@@ -58,17 +58,7 @@ fn watch_latency() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let w = World::new(&["lat.slice"]);
-    w.write_layout();
-    let text = fs::read_to_string(&w.layout).expect("layout");
-    let pattern = format!("{}v*", w.prefix);
-    fs::write(
-        &w.layout,
-        text.replace(
-            &format!("interfaces = [{:?}]", w.host_if),
-            &format!("interfaces = [{pattern:?}]"),
-        ),
-    )
-    .expect("layout");
+    w.write_layout_tc(&format!("{}v*", w.prefix));
     let watcher = Watcher::start(&w, &[]);
     let pins = Pins::new(&w.root, true);
 

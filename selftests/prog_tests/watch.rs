@@ -170,17 +170,7 @@ fn tc_programs(iface: &str) -> usize {
 fn watch_attaches_and_cleans_up_veth_churn() {
     require_kernel!();
     let w = World::new(&[]);
-    w.write_layout();
-    let text = fs::read_to_string(&w.layout).expect("layout");
-    let pattern = format!("{}v*", w.prefix);
-    fs::write(
-        &w.layout,
-        text.replace(
-            &format!("interfaces = [{:?}]", w.host_if),
-            &format!("interfaces = [{pattern:?}]"),
-        ),
-    )
-    .expect("layout");
+    w.write_layout_tc(&format!("{}v*", w.prefix));
     let _watcher = Watcher::start(&w, &[]);
     let p = pins(&w);
     let names: Vec<String> = (0..12).map(|i| format!("{}v{i}", w.prefix)).collect();
