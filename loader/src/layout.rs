@@ -9,6 +9,27 @@ use crate::select::{CgroupPattern, NamePattern};
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/cgacct";
 
+/// What the layout's `[tc] attach` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// Probe: TCX where the kernel has it, clsact elsewhere.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl TcAttach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcAttach::Auto => "auto",
+            TcAttach::Tcx => "tcx",
+            TcAttach::Clsact => "clsact",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -66,7 +87,7 @@ struct TcSection {
     discover_owners: bool,
     /// How TC programs attach: auto (probe), tcx, clsact.
     #[serde(default)]
-    attach: crate::tc_attach::Preference,
+    attach: TcAttach,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,7 +197,7 @@ pub struct Layout {
     /// veth peer's network namespace.
     pub tc_discover_owners: bool,
     /// How TC programs attach (`[tc] attach`); `CGACCT_TC_ATTACH` overrides.
-    pub tc_attach: crate::tc_attach::Preference,
+    pub tc_attach: TcAttach,
     /// Sections whose every pattern must match something (`required = true`).
     pub required: Required,
     pub access: AccessRules,
@@ -358,9 +379,9 @@ mod tests {
         let l =
             Layout::parse("[tc]\ndiscover_owners = true\nowners = { \"vw*\" = \"/web.slice/\" }").unwrap();
         assert!(l.tc_discover_owners);
-        assert_eq!(l.tc_attach, crate::tc_attach::Preference::Auto);
+        assert_eq!(l.tc_attach, TcAttach::Auto);
         let clsact = Layout::parse("[tc]\nattach = \"clsact\"").unwrap();
-        assert_eq!(clsact.tc_attach, crate::tc_attach::Preference::Clsact);
+        assert_eq!(clsact.tc_attach, TcAttach::Clsact);
         let e = format!("{:#}", Layout::parse("[tc]\nattach = \"xdp\"").unwrap_err());
         assert!(e.contains("clsact"), "{e}");
         assert_eq!(l.tc_owners[0].1, "web.slice");

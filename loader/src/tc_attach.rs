@@ -58,16 +58,8 @@ pub enum Mode {
     Clsact,
 }
 
-/// What the layout's `[tc] attach` asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preference {
-    /// Probe: TCX where the kernel has it, clsact elsewhere.
-    #[default]
-    Auto,
-    Tcx,
-    Clsact,
-}
+/// What the layout's `[tc] attach` asks for (defined with the layout).
+pub use crate::layout::TcAttach as Preference;
 
 static PREFERENCE: OnceLock<Preference> = OnceLock::new();
 
@@ -75,16 +67,6 @@ static PREFERENCE: OnceLock<Preference> = OnceLock::new();
 /// first [`choice`]. The first call wins (one layout per process).
 pub fn prefer(p: Preference) {
     let _ = PREFERENCE.set(p);
-}
-
-impl Preference {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preference::Auto => "auto",
-            Preference::Tcx => "tcx",
-            Preference::Clsact => "clsact",
-        }
-    }
 }
 
 /// The mode and why it was chosen.
