@@ -76,10 +76,8 @@ means apply has work to do."
         after_help = "Example:\n  cgacct-pin status\n  cgacct-pin status --json --root /sys/fs/bpf/cgacct"
     )]
     Status {
-        /// The layout file; its root is used when --root is not given.
-        layout: Option<PathBuf>,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        at: RootArg,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -91,9 +89,8 @@ means apply has work to do."
         after_help = "Example:\n  cgacct-pin destroy pin-layout.toml\n  cgacct-pin destroy --root /sys/fs/bpf/cgacct"
     )]
     Destroy {
-        layout: Option<PathBuf>,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        at: RootArg,
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         lock_timeout: u64,
     },
@@ -104,10 +101,8 @@ means apply has work to do."
 Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containerd:<id>, pod:<uid>."
     )]
     Top {
-        /// The layout file; its root is used when --root is not given.
-        layout: Option<PathBuf>,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        at: RootArg,
         /// Seconds between refreshes (the averaging window).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
@@ -149,10 +144,8 @@ lost events and periodically. Everything is pinned: stopping or killing it loses
         after_help = "Example:\n  cgacct-pin removed\n  cgacct-pin removed --json | jq '.[0].own.socket'"
     )]
     Removed {
-        /// The layout file; its root is used when --root is not given.
-        layout: Option<PathBuf>,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        at: RootArg,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -164,14 +157,33 @@ Per-cgroup series carry the cgroup's own counts and labels cgroup, name, and uni
 pod_uid where known. Port 0 picks a free port; the bound address is printed."
     )]
     Export {
-        /// The layout file; its root is used when --root is not given.
-        layout: Option<PathBuf>,
-        #[arg(long)]
-        root: Option<PathBuf>,
+        #[command(flatten)]
+        at: RootArg,
         /// Address to listen on, HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:9465")]
         listen: String,
     },
+}
+
+/// Which root a reading command works on: `--root`, else the layout's,
+/// else the default.
+#[derive(clap::Args)]
+struct RootArg {
+    /// The layout file; its root is used when --root is not given.
+    layout: Option<PathBuf>,
+    /// The root on bpffs.
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+impl RootArg {
+    fn resolve(self) -> Result<PathBuf, Failure> {
+        match (self.root, self.layout) {
+            (Some(r), _) => Ok(r),
+            (None, Some(l)) => Ok(Layout::from_path(&l).map_err(invalid)?.root),
+            (None, None) => Ok(PathBuf::from(DEFAULT_ROOT)),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -281,14 +293,6 @@ fn load_layout(path: &std::path::Path, root: Option<PathBuf>) -> Result<Layout, 
     Ok(layout)
 }
 
-fn root_of(layout: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf, Failure> {
-    match (root, layout) {
-        (Some(r), _) => Ok(r),
-        (None, Some(l)) => Ok(Layout::from_path(&l).map_err(invalid)?.root),
-        (None, None) => Ok(PathBuf::from(DEFAULT_ROOT)),
-    }
-}
-
 /// Discovers, plans and checks the plan; the caller decides whether to run it.
 fn make_plan(layout: &Layout, maps: MapPolicy) -> Result<(Context, Vec<plan::Action>), Failure> {
     let ctx = Context::discover(layout)?;
@@ -375,8 +379,7 @@ fn run(cli: Cli) -> Result<Done, Failure> {
             Ok(done(&actions))
         }
         Command::Top {
-            layout,
-            root,
+            at,
             interval,
             once,
             json,
@@ -397,7 +400,7 @@ fn run(cli: Cli) -> Result<Done, Failure> {
                 source,
                 sort,
             };
-            cgacct_pin::top::run(&root_of(layout, root)?, &o)?;
+            cgacct_pin::top::run(&at.resolve()?, &o)?;
             Ok(Done::Unchanged)
         }
         Command::Watch {
@@ -418,26 +421,22 @@ fn run(cli: Cli) -> Result<Done, Failure> {
             cgacct_pin::watch::run(&layout, root, opts)?;
             Ok(Done::Unchanged)
         }
-        Command::Removed { layout, root, json } => {
-            cgacct_pin::removed::show(&root_of(layout, root)?, json)?;
+        Command::Removed { at, json } => {
+            cgacct_pin::removed::show(&at.resolve()?, json)?;
             Ok(Done::Unchanged)
         }
-        Command::Export { layout, root, listen } => {
-            cgacct_pin::metrics::serve(&root_of(layout, root)?, &listen)?;
+        Command::Export { at, listen } => {
+            cgacct_pin::metrics::serve(&at.resolve()?, &listen)?;
             Ok(Done::Unchanged)
         }
-        Command::Status { layout, root, json } => {
-            let root = root_of(layout, root)?;
+        Command::Status { at, json } => {
+            let root = at.resolve()?;
             host::check_privileges()?;
             status(&root, json)?;
             Ok(Done::Unchanged)
         }
-        Command::Destroy {
-            layout,
-            root,
-            lock_timeout,
-        } => {
-            let root = root_of(layout, root)?;
+        Command::Destroy { at, lock_timeout } => {
+            let root = at.resolve()?;
             host::check_privileges()?;
             host::check_on_bpffs(&root)?;
             if !root.is_dir() {
