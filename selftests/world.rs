@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use cgacct_pin::host;
+use cgacct_pin::observe::host;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -23,7 +23,7 @@ pub fn missing_privilege() -> Option<String> {
     if host::cgroup2_mount().is_err() {
         return Some("no cgroup2 mount".into());
     }
-    if host::check_on_bpffs(Path::new("/sys/fs/bpf")).is_err() {
+    if cgacct_pin::bpffs::root::check_on_bpffs(Path::new("/sys/fs/bpf")).is_err() {
         return Some("/sys/fs/bpf is not bpffs (run scripts/setup.sh)".into());
     }
     None
@@ -60,7 +60,10 @@ pub fn run(cmd: &mut Command) -> Output {
 /// Whether this kernel attaches TC programs as TCX links (else clsact
 /// filters), as cgacct-pin decides it.
 pub fn tcx() -> bool {
-    cgacct_pin::tc_attach::choice().expect("tc attach probe").mode == cgacct_pin::tc_attach::Mode::Tcx
+    cgacct_pin::tc::choose(cgacct_pin::tc::Preference::Auto)
+        .expect("tc attach probe")
+        .mode
+        == cgacct_pin::tc::Mode::Tcx
 }
 
 /// Waits up to 5 s for `cond`, for what the kernel does asynchronously
@@ -242,8 +245,8 @@ impl World {
 
     /// Every link in the kernel attached to this world's veth or cgroups,
     /// found by walking all links (not only our pins), sorted.
-    pub fn inventory(&self) -> Vec<cgacct_pin::sys::LinkState> {
-        use cgacct_pin::sys::{self, LinkTarget};
+    pub fn inventory(&self) -> Vec<cgacct_pin::sys::bpf::LinkState> {
+        use cgacct_pin::sys::bpf::{self as sys, LinkTarget};
         let ifindex: u32 = fs::read_to_string(format!("/sys/class/net/{}/ifindex", self.host_if))
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -273,7 +276,7 @@ impl World {
 
     /// Ids of the programs pinned under our root, by name.
     pub fn program_ids(&self) -> std::collections::BTreeMap<String, u32> {
-        cgacct_pin::plan::PROGRAMS
+        cgacct_pin::object::PROGRAMS
             .iter()
             .filter_map(|p| {
                 let info = aya::programs::ProgramInfo::from_pin(self.root.join("progs").join(p)).ok()?;
@@ -290,16 +293,16 @@ impl World {
     /// finds nothing to do.
     pub fn assert_converged(&self, stats: usize) {
         use cgacct_common::programs as p;
-        use cgacct_pin::sys::LinkTarget;
+        use cgacct_pin::sys::bpf::LinkTarget;
         let progs = self.program_ids();
         assert_eq!(
             progs.len(),
-            cgacct_pin::plan::PROGRAMS.len(),
+            cgacct_pin::object::PROGRAMS.len(),
             "pinned programs: {progs:?}"
         );
         let links = self.inventory();
         let count = |f: &dyn Fn(&LinkTarget) -> bool| links.iter().filter(|l| f(&l.target)).count();
-        let tc = cgacct_pin::tc_attach::attached_programs(&self.host_if).expect("tc attachments");
+        let tc = cgacct_pin::tc::attached_programs(&self.host_if).expect("tc attachments");
         assert_eq!(
             tc.tcx + tc.clsact,
             2,
@@ -319,11 +322,13 @@ impl World {
         );
         for l in &links {
             let want = match l.target {
-                LinkTarget::Tcx { attach_type, .. } if attach_type == cgacct_pin::sys::TCX_INGRESS => {
+                LinkTarget::Tcx { attach_type, .. } if attach_type == cgacct_pin::sys::bpf::TCX_INGRESS => {
                     p::TC_INGRESS
                 }
                 LinkTarget::Tcx { .. } => p::TC_EGRESS,
-                LinkTarget::Cgroup { attach_type, .. } if attach_type == cgacct_pin::sys::CGROUP_INGRESS => {
+                LinkTarget::Cgroup { attach_type, .. }
+                    if attach_type == cgacct_pin::sys::bpf::CGROUP_INGRESS =>
+                {
                     p::CGROUP_INGRESS
                 }
                 LinkTarget::Cgroup { .. } => p::CGROUP_EGRESS,
@@ -346,8 +351,8 @@ impl World {
 
     /// `net.stat` of one of our cgroups, parsed.
     pub fn stat(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
-        let pins = cgacct_pin::names::Pins::new(&self.root, true);
-        cgacct_pin::read::read_stat(&pins.stats_file(&self.cgroup(rel))).expect("read net.stat")
+        let pins = cgacct_pin::bpffs::names::Pins::new(&self.root, true);
+        cgacct_pin::report::read::read_stat(&pins.stats_file(&self.cgroup(rel))).expect("read net.stat")
     }
 
     /// Sends `count` UDP datagrams of `payload` bytes to the peer from a

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::MapData;
 use cgacct_common::maps;
-use cgacct_pin::names::Pins;
+use cgacct_pin::bpffs::names::Pins;
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
@@ -63,7 +63,7 @@ impl Memcg {
             let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
             let rel = path.trim_start_matches('/');
             if controllers.is_empty() {
-                let mount = cgacct_pin::host::cgroup2_mount().ok()?;
+                let mount = cgacct_pin::observe::host::cgroup2_mount().ok()?;
                 let stat = mount.join(rel).join("memory.stat");
                 if stat.exists() {
                     return Some(Memcg::V2(stat));
@@ -233,7 +233,7 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
             let pins = Pins::new(&root, true);
             let per_slot = (memlock(&pins.map(maps::CGROUP_STATS))?
                 + memlock(&pins.map(maps::TC_CGROUP_STATS))?)
-                / f64::from(cgacct_pin::layout::MapSizes::default().cgroups);
+                / f64::from(cgacct_pin::spec::layout::MapSizes::default().cgroups);
             slot = Some(per_slot);
         }
         let (m, s) = delta(memcg.as_ref(), || apply(&cgroups))?;

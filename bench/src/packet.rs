@@ -139,13 +139,13 @@ pub fn packets() -> Vec<Packet> {
 /// The production object, loaded as `cgacct-pin apply` loads it but
 /// without pins: only the packet-path programs are loaded.
 pub fn load_production() -> Result<Ebpf> {
-    let offsets = cgacct_pin::kernel::offsets()?;
-    let nr_cpus = cgacct_pin::kernel::nr_cpus()?;
+    let offsets = cgacct_pin::observe::kernel::offsets()?;
+    let nr_cpus = cgacct_pin::observe::kernel::nr_cpus()?;
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::NR_CPUS, &nr_cpus, true)
         .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
         .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true)
-        .load(cgacct_pin::apply::OBJECT)
+        .load(cgacct_pin::object::OBJECT)
         .context("loading cgacct's BPF object")?;
     for name in [prog::CGROUP_INGRESS, prog::TC_INGRESS] {
         load(&mut ebpf, name)?;

@@ -6,7 +6,7 @@ use std::{fs, io::Read as _, path::Path, time::Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
 use cgacct_common::{maps, Counters};
-use cgacct_pin::{names::Pins, read};
+use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
@@ -154,7 +154,7 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         .arg("apply")
         .arg(&layout))?;
     let pins = Pins::new(&root, true);
-    let cpus = cgacct_pin::kernel::nr_cpus()? as usize;
+    let cpus = cgacct_pin::observe::kernel::nr_cpus()? as usize;
     let value = |k: u64| -> Result<PerCpuValues<Counters>> {
         let per_cpu: Vec<Counters> = (0..cpus as u64)
             .map(|c| Counters {

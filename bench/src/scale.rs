@@ -15,7 +15,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use cgacct_common::programs as prog;
-use cgacct_pin::names::Pins;
+use cgacct_pin::bpffs::names::Pins;
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},

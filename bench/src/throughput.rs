@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use cgacct_pin::{names::Pins, read};
+use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},

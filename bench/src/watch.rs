@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use cgacct_pin::names::Pins;
+use cgacct_pin::bpffs::names::Pins;
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use cgacct_pin::host;
+use cgacct_pin::observe::host;
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 
@@ -113,7 +113,7 @@ pub struct World {
 impl World {
     pub fn new(prefix: &str, cgacct_pin: &Path) -> Result<World> {
         let cgroup_mount = host::cgroup2_mount()?;
-        host::check_on_bpffs(Path::new(BPFFS))?;
+        cgacct_pin::bpffs::root::check_on_bpffs(Path::new(BPFFS))?;
         let w = World {
             prefix: prefix.to_string(),
             netns: format!("{prefix}-ns"),

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use cgacct_pin::{names::Pins, read};
+use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     export::Reaped,
@@ -171,7 +171,7 @@ fn declared_owner_attributes_socketless_traffic() {
     );
     let applied = w.apply();
     assert!(applied.contains("(declared)"), "{applied}");
-    let owners = cgacct_pin::owners::read(&Pins::new(&w.root, true)).expect("owners");
+    let owners = cgacct_pin::apply::owners::read(&Pins::new(&w.root, true)).expect("owners");
     assert_eq!(
         owners.values().copied().collect::<Vec<_>>(),
         [w.cgroup_id("ctr.scope")]

@@ -127,7 +127,7 @@ fn environment_errors_exit_1_and_change_nothing() {
         "setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} apply {}",
         w.layout_arg()
     ));
-    check(&w, &out, 1, &["lacks CAP_BPF", "run it as root"]);
+    check(&w, &out, 1, &["lacks CAP_SYS_ADMIN", "run it as root"]);
     // bpffs not mounted, no cgroup2 (a cgroup-v1-only host), no kernel BTF:
     // each in a private mount namespace, so the host is untouched.
     let cg = w.cgroup_mount.display().to_string();

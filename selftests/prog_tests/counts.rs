@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, process::Command};
 
 use cgacct_common::Counters;
-use cgacct_pin::{names::Pins, read};
+use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{require_kernel, world::World};
 

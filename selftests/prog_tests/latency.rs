@@ -13,8 +13,8 @@ use std::{
 };
 
 use cgacct_pin::{
-    names::{Direction, Pins},
-    netlink::Rtnl,
+    bpffs::names::{Direction, Pins},
+    observe::rtnl::Rtnl,
 };
 
 use crate::{

@@ -9,7 +9,7 @@ use crate::{
 /// Number of programs on `iface`'s TC hooks, both directions: TCX links
 /// or clsact bpf filters, whichever this kernel uses.
 fn tc_programs(iface: &str) -> usize {
-    let a = cgacct_pin::tc_attach::attached_programs(iface).expect("query tc attachments");
+    let a = cgacct_pin::tc::attached_programs(iface).expect("query tc attachments");
     a.tcx + a.clsact
 }
 
@@ -27,7 +27,7 @@ fn cgroup_attachments(w: &World) -> usize {
 }
 
 fn our_program_ids(w: &World) -> Vec<u32> {
-    cgacct_pin::plan::PROGRAMS
+    cgacct_pin::object::PROGRAMS
         .iter()
         .map(|p| {
             aya::programs::ProgramInfo::from_pin(w.root.join("progs").join(p))

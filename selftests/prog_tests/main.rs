@@ -8,6 +8,7 @@ mod world;
 mod access;
 mod attribution;
 mod bad_input;
+mod cli;
 mod counts;
 mod declarative;
 mod export;

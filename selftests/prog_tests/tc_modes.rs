@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use cgacct_pin::{
-    names::{Direction, Pins},
-    tc_attach::{self, Attached, Mode},
+    bpffs::names::{Direction, Pins},
+    tc::{self as tc_attach, Attached, Mode},
 };
 
 use crate::{
@@ -38,7 +38,7 @@ fn the_probed_mode_is_the_one_used() {
     let w = World::new(&["a.scope"]);
     w.write_layout();
     let out = apply_with(&w, None);
-    let probed = tc_attach::choice().expect("probe");
+    let probed = tc_attach::choose(tc_attach::Preference::Auto).expect("probe");
     let status = String::from_utf8_lossy(
         &w.cgacct(&["status", "--root", w.root.to_str().expect("utf-8")])
             .stdout,
@@ -156,6 +156,15 @@ fn the_layout_key_selects_clsact_filters() {
     assert_eq!(s["self_tc_egress_packets"], N, "{s:?}");
     assert_eq!(s["self_tc_egress_bytes"], N * (P + 28), "{s:?}");
     assert!(apply_with(&w, None).contains("nothing to do"));
+    // `status LAYOUT` reports the layout's mode, not the probe's.
+    let status = w.cgacct(&["status", "--json", w.layout_arg()]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["tc_attach"]["mode"], "clsact", "{status}");
+    let text = String::from_utf8_lossy(&w.cgacct(&["status", w.layout_arg()]).stdout).into_owned();
+    assert!(
+        text.contains("attach as clsact bpf filters (the layout's"),
+        "{text}"
+    );
     // The environment overrides the layout: a TCX apply on the same pins
     // keeps the clsact filters (the pins say what they are).
     if world::tcx() {

@@ -2,7 +2,7 @@
 //! arrive as inotify events, with names people know.
 use std::{fs, time::Duration, time::Instant};
 
-use cgacct_pin::cgroup_tree::{CgroupTree, Change};
+use cgacct_pin::follow::cgroup_tree::{CgroupTree, Change};
 
 use crate::{require_kernel, world::World};
 

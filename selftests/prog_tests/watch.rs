@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgacct_pin::{names::Pins, netlink::Rtnl};
+use cgacct_pin::{bpffs::names::Pins, observe::rtnl::Rtnl};
 
 use crate::{export::Reaped, require_kernel, world::World};
 
@@ -163,7 +163,7 @@ fn ifindex(name: &str) -> Option<u32> {
 /// TC programs on `iface`, both directions: TCX links or clsact filters,
 /// whichever this kernel uses.
 fn tc_programs(iface: &str) -> usize {
-    cgacct_pin::tc_attach::attached_programs(iface).map_or(0, |a| a.tcx + a.clsact)
+    cgacct_pin::tc::attached_programs(iface).map_or(0, |a| a.tcx + a.clsact)
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn watch_attaches_and_cleans_up_veth_churn() {
     // One at a time: attached, then cleaned up.
     rtnl.add_veth(&names[0], &peers[0]).expect("add veth");
     let pin = |n: &str, d| p.tc_link(n, d);
-    use cgacct_pin::names::Direction::{Egress, Ingress};
+    use cgacct_pin::bpffs::names::Direction::{Egress, Ingress};
     wait_until("tc links on the new veth", Duration::from_secs(5), || {
         pin(&names[0], Ingress).exists() && pin(&names[0], Egress).exists()
     });
@@ -216,7 +216,9 @@ fn watch_attaches_and_cleans_up_veth_churn() {
     wait_until("tc programs on the kept veths", Duration::from_secs(5), || {
         names.iter().skip(1).step_by(2).all(|n| tc_programs(n) == 2)
     });
-    let left: Vec<_> = cgacct_pin::plan::two_level_pins(&p.tc_links()).expect("pins");
+    let left = cgacct_pin::bpffs::walk::Tree::read(&p)
+        .expect("walk the root")
+        .two_level(&p.tc_links());
     assert_eq!(left.len(), 12, "{left:?}");
 }
 

@@ -1,0 +1,75 @@
+//! Removing everything cgacct made under a root: links detach, programs
+//! and maps are freed; entries cgacct did not make are left and reported.
+use std::{fs, path::PathBuf};
+
+use anyhow::Result;
+use cgacct_common::maps;
+
+use super::detach::detach;
+use crate::{object, observe::Observed, tc};
+
+/// Removes every pin and directory cgacct made under the root. Returns
+/// what it removed; entries it does not recognise are left and reported.
+pub fn destroy(o: &Observed) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let pins = &o.pins;
+    let mut removed = Vec::new();
+    if !pins.root.exists() {
+        return Ok((removed, Vec::new()));
+    }
+    // Attachments of our programs that no pin holds would keep them alive.
+    for stray in &o.held.strays {
+        detach(o, stray)?;
+    }
+    for stat in o.tree.stats_files(pins) {
+        fs::remove_file(&stat)?;
+        removed.push(stat);
+    }
+    for dir in [pins.tc_links(), pins.cgroup_links()] {
+        for pin in o.tree.two_level(&dir) {
+            tc::attach::release(pins, &pin)?;
+            fs::remove_file(&pin)?;
+            removed.push(pin);
+        }
+    }
+    let rmdir = pins.rmdir_link();
+    if rmdir.exists() {
+        fs::remove_file(&rmdir)?;
+        removed.push(rmdir);
+    }
+    for name in object::PROGRAMS {
+        let p = pins.prog(name);
+        if p.exists() {
+            fs::remove_file(&p)?;
+            removed.push(p);
+        }
+    }
+    for name in maps::ALL {
+        let p = pins.map(name);
+        // A replacement map left by an interrupted apply, then the map.
+        let next = p.with_file_name(format!("{}_next", name.to_ascii_lowercase()));
+        for p in [next, p] {
+            if p.exists() {
+                fs::remove_file(&p)?;
+                removed.push(p);
+            }
+        }
+    }
+    // Directories, deepest first; a non-empty one holds something not ours.
+    let mut dirs: Vec<PathBuf> = walkdir::WalkDir::new(&pins.root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = fs::remove_dir(&d);
+    }
+    let left: Vec<PathBuf> = walkdir::WalkDir::new(&pins.root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    Ok((removed, left))
+}

@@ -1,0 +1,59 @@
+//! Loading the object against the pinned maps and pinning its programs.
+use std::{collections::BTreeSet, fs};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{Btf, Ebpf, EbpfLoader};
+use cgacct_common::globals;
+
+use crate::{bpffs::Pins, object, observe::kernel, spec::Layout, sys};
+
+/// Loads the object: pinned maps are reused, but those being replaced,
+/// which are created new. Programs are pinned in place of the pinned ones,
+/// the iterator last (see [`object::PROGRAMS`]).
+pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> Result<Ebpf> {
+    let offsets = kernel::offsets()?;
+    let nr_cpus = kernel::nr_cpus()?;
+    let build = object::this_build();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(globals::NR_CPUS, &nr_cpus, true)
+        .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
+        .override_global(globals::KERNFS_NODE_ID_OFFSET, &offsets.kernfs_node_id, true)
+        .override_global(
+            globals::KERNFS_NODE_PARENT_OFFSET,
+            &offsets.kernfs_node_parent,
+            true,
+        )
+        .override_global(globals::BUILD_ID, &build, true);
+    for (name, shape) in object::wanted_maps(&layout.maps) {
+        loader.map_max_entries(name, shape.max_entries);
+        if !replaced.contains(name) {
+            loader.map_pin_path(name, pins.map(name));
+        }
+    }
+    sys::fault::step();
+    let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    for name in object::PROGRAMS {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        let pin = pins.prog(name);
+        match program {
+            aya::programs::Program::SchedClassifier(p) => p.load()?,
+            aya::programs::Program::CgroupSkb(p) => p.load()?,
+            aya::programs::Program::Iter(p) => p.load("cgroup", &btf)?,
+            aya::programs::Program::BtfTracePoint(p) => p.load("cgroup_rmdir", &btf)?,
+            _ => bail!("program {name} has an unexpected type"),
+        }
+        sys::fault::step();
+        if pin.exists() {
+            fs::remove_file(&pin)?;
+        }
+        sys::fault::step();
+        program
+            .pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(ebpf)
+}

@@ -1,0 +1,302 @@
+//! Executes a plan: the only layer that changes kernel state. Each action
+//! is one function; every state-changing step is preceded by a fault point
+//! (`sys::fault`), so a test can stop apply anywhere and check that the
+//! next apply converges.
+use std::{collections::BTreeSet, ffi::CString, fs, io, os::fd::AsFd as _, path::Path};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    programs::{
+        links::CgroupAttachMode, links::FdLink, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter,
+        SchedClassifier,
+    },
+    Ebpf,
+};
+use cgacct_common::{maps, programs as prog};
+
+use crate::{
+    bpffs::{
+        access,
+        names::{self, LINKS_DIR, MAPS_DIR, PROGS_DIR},
+        Direction, Pins,
+    },
+    object,
+    observe::Observed,
+    plan::Action,
+    spec::Layout,
+    sys::{
+        self,
+        bpf::{self, CgroupIterOrder},
+    },
+    tc,
+};
+
+pub mod destroy;
+pub mod detach;
+pub mod load;
+pub mod owners;
+pub mod prune;
+pub mod replace;
+
+pub use destroy::destroy;
+
+/// How far `execute` got when an action failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{done} of {total} actions done, then: {source:#}")]
+pub struct Partial {
+    pub done: usize,
+    pub total: usize,
+    pub source: anyhow::Error,
+}
+
+/// Runs `actions` in order, calling `report` after each one succeeds.
+pub fn execute(
+    layout: &Layout,
+    o: &Observed,
+    actions: &[Action],
+    mut report: impl FnMut(&Action),
+) -> Result<(), Partial> {
+    let total = actions.len();
+    let partial = |done, source| Partial { done, total, source };
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let pins = &o.pins;
+    let mut s = Session {
+        replaced: actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReplaceMap { map, .. } => Some(map.clone()),
+                _ => None,
+            })
+            .collect(),
+        ..Session::default()
+    };
+    for dir in [
+        pins.root.join(PROGS_DIR),
+        pins.root.join(MAPS_DIR),
+        pins.tc_links(),
+        pins.cgroup_links(),
+    ] {
+        names::create_dirs(&pins.root, &dir)
+            .and_then(|()| access::settle(&layout.access, pins, &dir))
+            .map_err(|e| partial(0, anyhow!("creating {}: {e}", dir.display())))?;
+    }
+    for (done, action) in actions.iter().enumerate() {
+        run(layout, o, &mut s, action)
+            .with_context(|| format!("failed to {action}"))
+            .map_err(|e| partial(done, e))?;
+        report(action);
+    }
+    Ok(())
+}
+
+/// State carried from one action to the next within one `execute`.
+#[derive(Default)]
+struct Session {
+    /// Programs opened from their pins.
+    tc: [Option<SchedClassifier>; 2],
+    cg: [Option<CgroupSkb>; 2],
+    iter: Option<Iter>,
+    /// The object loaded by this run, holding the new maps until pinned.
+    loaded: Option<Ebpf>,
+    /// Maps being replaced: not reused at load.
+    replaced: BTreeSet<String>,
+}
+
+fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Result<()> {
+    let pins = &o.pins;
+    match action {
+        Action::LoadPrograms { .. } => {
+            s.loaded = Some(load::load_programs(layout, pins, &s.replaced)?);
+            for p in object::PROGRAMS {
+                access::settle(&layout.access, pins, &pins.prog(p))?;
+            }
+            for m in maps::ALL {
+                access::settle(&layout.access, pins, &pins.map(m))?;
+            }
+            Ok(())
+        }
+        Action::ReplaceMap {
+            map,
+            pin,
+            keep_counters,
+            ..
+        } => {
+            let ebpf = s
+                .loaded
+                .as_mut()
+                .ok_or_else(|| anyhow!("a map is replaced only after the programs are loaded"))?;
+            let new = ebpf
+                .map_mut(map)
+                .ok_or_else(|| anyhow!("map {map} missing from the object"))?;
+            replace::replace_map(map, pin, new, *keep_counters)?;
+            Ok(access::settle(&layout.access, pins, pin)?)
+        }
+        Action::UpdateLink { pin, program } => update_link(pins, pin, program),
+        Action::AttachTc {
+            interface,
+            direction,
+            pin,
+            replace,
+        } => attach_tc(layout, o, s, (interface, *direction, pin), replace.is_some()),
+        Action::AttachCgroup {
+            cgroup,
+            direction,
+            pin,
+            replace,
+            ..
+        } => attach_cgroup(layout, o, s, (cgroup, *direction, pin), replace.is_some()),
+        Action::PinStats {
+            cgroup, pin, replace, ..
+        } => pin_stats(layout, o, s, cgroup, pin, replace.is_some()),
+        Action::AttachRmdir { pin, replace } => attach_rmdir(layout, pins, pin, replace.is_some()),
+        Action::Unpin { pin, .. } => {
+            sys::fault::step();
+            tc::attach::release(pins, pin)?;
+            fs::remove_file(pin)?;
+            remove_empty_parents(&pins.root, pin);
+            Ok(())
+        }
+        Action::Detach(stray) => detach::detach(o, stray),
+        Action::SetAccess { path, .. } => {
+            sys::fault::step();
+            Ok(access::settle(&layout.access, pins, path)?)
+        }
+    }
+}
+
+fn update_link(pins: &Pins, pin: &Path, program: &str) -> Result<()> {
+    let link = bpf::obj_get(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let prog_pin = pins.prog(program);
+    let p = bpf::obj_get(&prog_pin).with_context(|| format!("opening {}", prog_pin.display()))?;
+    sys::fault::step();
+    bpf::link_update(link.as_fd(), p.as_fd())?;
+    Ok(())
+}
+
+fn attach_tc(
+    layout: &Layout,
+    o: &Observed,
+    s: &mut Session,
+    (interface, direction, pin): (&str, Direction, &Path),
+    replace: bool,
+) -> Result<()> {
+    let pins = &o.pins;
+    remove_old(pins, pin, replace)?;
+    let i = direction as usize;
+    if s.tc[i].is_none() {
+        let name = [prog::TC_INGRESS, prog::TC_EGRESS][i];
+        s.tc[i] = Some(SchedClassifier::from_pin(pins.prog(name))?);
+    }
+    let p = s.tc[i].as_mut().ok_or_else(|| anyhow!("tc program not open"))?;
+    sys::fault::step();
+    tc::attach::attach(pins, o.tc()?.mode, p, interface, direction, pin)?;
+    Ok(access::settle(&layout.access, pins, pin)?)
+}
+
+fn attach_cgroup(
+    layout: &Layout,
+    o: &Observed,
+    s: &mut Session,
+    (cgroup, direction, pin): (&str, Direction, &Path),
+    replace: bool,
+) -> Result<()> {
+    let pins = &o.pins;
+    remove_old(pins, pin, replace)?;
+    let i = direction as usize;
+    let kind = [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress][i];
+    if s.cg[i].is_none() {
+        let name = [prog::CGROUP_INGRESS, prog::CGROUP_EGRESS][i];
+        s.cg[i] = Some(CgroupSkb::from_pin(pins.prog(name), kind)?);
+    }
+    let p = s.cg[i]
+        .as_mut()
+        .ok_or_else(|| anyhow!("cgroup_skb program not open"))?;
+    let dir = detach::open_cgroup(&o.cgroup_mount, cgroup)?;
+    sys::fault::step();
+    let id = p.attach(&dir, kind, CgroupAttachMode::Single)?;
+    let link: FdLink = p.take_link(id)?.try_into()?;
+    pin_link(layout, pins, pin, link)
+}
+
+fn pin_stats(
+    layout: &Layout,
+    o: &Observed,
+    s: &mut Session,
+    cgroup: &str,
+    pin: &Path,
+    replace: bool,
+) -> Result<()> {
+    let pins = &o.pins;
+    remove_old(pins, pin, replace)?;
+    if s.iter.is_none() {
+        s.iter = Some(Iter::from_pin(pins.prog(prog::CGROUP_ITER))?);
+    }
+    let p = s
+        .iter
+        .as_ref()
+        .ok_or_else(|| anyhow!("iterator program not open"))?;
+    let dir = detach::open_cgroup(&o.cgroup_mount, cgroup)?;
+    sys::fault::step();
+    let link = bpf::cgroup_iter_link(p.fd()?.as_fd(), dir.as_fd(), CgroupIterOrder::DescendantsPre)?;
+    if let Some(parent) = pin.parent() {
+        names::create_dirs(&pins.root, parent)?;
+    }
+    let c = CString::new(pin.as_os_str().as_encoded_bytes())?;
+    sys::fault::step();
+    names::create_with_dots(pin, || bpf::obj_pin(link.as_fd(), &c).map_err(|e| e.io_error))?;
+    Ok(access::settle(&layout.access, pins, pin)?)
+}
+
+fn attach_rmdir(layout: &Layout, pins: &Pins, pin: &Path, replace: bool) -> Result<()> {
+    remove_old(pins, pin, replace)?;
+    let mut p = BtfTracePoint::from_pin(pins.prog(prog::CGROUP_RMDIR))?;
+    sys::fault::step();
+    let id = p
+        .attach()
+        .context("attaching to the cgroup_rmdir tracepoint (needs BTF and CAP_BPF + CAP_PERFMON)")?;
+    let link: FdLink = p.take_link(id)?.into();
+    pin_link(layout, pins, pin, link)
+}
+
+/// Removes the pin an attach action replaces (and a clsact filter it
+/// stands for).
+fn remove_old(pins: &Pins, pin: &Path, replace: bool) -> Result<()> {
+    if replace {
+        sys::fault::step();
+        tc::attach::release(pins, pin)?;
+        match fs::remove_file(pin) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", pin.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn pin_link(layout: &Layout, pins: &Pins, pin: &Path, link: FdLink) -> Result<()> {
+    if let Some(parent) = pin.parent() {
+        names::create_dirs(&pins.root, parent)?;
+    }
+    sys::fault::step();
+    names::create_with_dots(pin, || link.pin(pin).map(drop).map_err(io::Error::other))?;
+    access::settle(&layout.access, pins, pin)?;
+    Ok(())
+}
+
+/// Removes directories left empty below `root`, from `path`'s parent up.
+fn remove_empty_parents(root: &Path, path: &Path) {
+    let keep = [
+        root.join(LINKS_DIR).join("tc"),
+        root.join(LINKS_DIR).join("cgroup"),
+    ];
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || keep.iter().any(|k| k == d) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}

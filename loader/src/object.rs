@@ -1,0 +1,123 @@
+//! What this binary carries: the BPF object built from programs/, the
+//! programs and maps it holds and the shapes this build needs, and its build
+//! id. The loader writes the build id (a hash of the object) into the
+//! programs' read-only data (`BUILD_ID`); `observe` reads it back from the
+//! pinned programs to tell which build the kernel runs.
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::maps::MapType;
+use cgacct_common::{globals, maps, programs as prog, Counters, Departed, IterAcc, Removed};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use serde::Serialize;
+
+use crate::spec::layout::MapSizes;
+
+/// The BPF object built from programs/ by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-programs"));
+
+/// FNV-1a over the embedded object: equal objects, equal ids.
+pub fn this_build() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in OBJECT {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Tests of the upgrade path stand for "a new build" with a salt.
+        if let Some(salt) = std::env::var_os("CGACCT_PIN_BUILD_SALT") {
+            for b in salt.as_encoded_bytes() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    })
+}
+
+/// Where `BUILD_ID` sits in the object's `.rodata`: (offset, section size).
+pub fn build_id_place() -> Result<(usize, usize)> {
+    let file = object::File::parse(OBJECT).context("parsing the embedded BPF object")?;
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(globals::BUILD_ID))
+        .ok_or_else(|| anyhow!("the embedded object has no {} symbol", globals::BUILD_ID))?;
+    let index = sym
+        .section_index()
+        .ok_or_else(|| anyhow!("{} is not in a section", globals::BUILD_ID))?;
+    let section = file.section_by_index(index)?;
+    let offset = usize::try_from(sym.address() - section.address())?;
+    Ok((offset, usize::try_from(section.size())?))
+}
+
+/// Every program the object holds, with the name it is pinned under. The
+/// iterator comes last: it is pinned last, so a pinned iterator of a build
+/// means every program of that build is pinned.
+pub const PROGRAMS: [&str; 6] = [
+    prog::CGROUP_INGRESS,
+    prog::CGROUP_EGRESS,
+    prog::TC_INGRESS,
+    prog::TC_EGRESS,
+    prog::CGROUP_RMDIR,
+    prog::CGROUP_ITER,
+];
+
+/// The shape of a map: what the programs of this build expect.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct MapShape {
+    #[serde(skip)]
+    pub kind: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} key {} value {} max_entries {}",
+            self.kind, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The maps this build and layout need, by name.
+pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 9] {
+    let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
+        kind,
+        key_size,
+        value_size: value_size as u32,
+        max_entries,
+    };
+    let c = size_of::<Counters>();
+    let m = sizes;
+    [
+        (maps::CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::TC_CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::IFACE_STATS, shape(MapType::PerCpuHash, 4, c, m.interfaces)),
+        (
+            maps::ITER_SCRATCH,
+            shape(MapType::LruHash, 8, size_of::<IterAcc>(), m.readers),
+        ),
+        (maps::IFACE_OWNER, shape(MapType::Hash, 4, 8, m.interfaces)),
+        (maps::VETH_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (
+            maps::DEPARTED,
+            shape(MapType::Hash, 8, size_of::<Departed>(), m.cgroups),
+        ),
+        (
+            maps::REMOVED,
+            shape(MapType::LruHash, 8, size_of::<Removed>(), m.cgroups),
+        ),
+        (
+            maps::REMOVED_SCRATCH,
+            shape(MapType::PerCpuArray, 4, size_of::<Removed>(), 1),
+        ),
+    ]
+}
+
+/// Maps whose content is rebuilt (scratch space, interface owners set by
+/// every apply): replaced without asking when their shape changes.
+pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];

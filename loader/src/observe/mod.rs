@@ -1,0 +1,112 @@
+//! What is: the host ([`host`]: mounts, privileges, interfaces, cgroups),
+//! the running kernel ([`kernel`]: BTF offsets, CPUs), what the kernel holds
+//! under a root ([`held`]), names of cgroups from their paths
+//! ([`identity`]) and rtnetlink requests ([`rtnl`]). Only reads.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    bpffs::{self, walk::Tree, Pins},
+    spec::Layout,
+    tc,
+};
+
+pub mod held;
+pub mod host;
+pub mod identity;
+pub mod kernel;
+pub mod rtnl;
+
+pub use held::Held;
+pub use host::{Cgroup, Interface};
+
+/// Everything a plan is made against: the host, the root's tree and what
+/// the kernel holds there, and how TC attaches.
+pub struct Observed {
+    pub pins: Pins,
+    pub cgroup_mount: PathBuf,
+    pub interfaces: Vec<Interface>,
+    pub cgroups: Vec<Cgroup>,
+    /// Files and directories under the root.
+    pub tree: Tree,
+    pub held: Held,
+    /// What the layout asks of TC (`[tc] attach`).
+    pub tc_preference: tc::Preference,
+    /// How TC attaches, decided the first time it is needed: probing the
+    /// kernel loads a program, which a no-op apply must not do.
+    tc: std::cell::OnceCell<tc::Choice>,
+}
+
+impl Observed {
+    /// Looks at the host and at what the kernel holds under the layout's
+    /// root. Reads only.
+    pub fn discover(layout: &Layout) -> Result<Observed> {
+        let cgroup_mount = host::cgroup2_mount()?;
+        bpffs::root::check_on_bpffs(&layout.root)?;
+        let dots = if layout.root.is_dir() {
+            bpffs::names::probe_dots(&layout.root)
+                .with_context(|| format!("probing {}", layout.root.display()))?
+        } else {
+            // A root that does not exist yet must be one bpffs can create.
+            bpffs::root::check_name(&layout.root)?;
+            true
+        };
+        let mut o = Observed {
+            pins: Pins::new(&layout.root, dots),
+            cgroups: host::cgroups(&cgroup_mount)?,
+            cgroup_mount,
+            interfaces: host::interfaces()?,
+            tree: Tree::default(),
+            held: Held::default(),
+            tc_preference: layout.tc_attach,
+            tc: std::cell::OnceCell::new(),
+        };
+        o.read_held()?;
+        Ok(o)
+    }
+
+    /// An observed state made by hand (tests of the planners).
+    pub fn new(
+        pins: Pins,
+        interfaces: Vec<Interface>,
+        cgroups: Vec<Cgroup>,
+        tree: Tree,
+        held: Held,
+    ) -> Observed {
+        Observed {
+            pins,
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            interfaces,
+            cgroups,
+            tree,
+            held,
+            tc_preference: tc::Preference::Auto,
+            tc: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// How TC programs attach here (see [`tc::choose`]).
+    pub fn tc(&self) -> Result<&tc::Choice> {
+        if let Some(c) = self.tc.get() {
+            return Ok(c);
+        }
+        let c = tc::choose(self.tc_preference)?;
+        Ok(self.tc.get_or_init(|| c))
+    }
+
+    /// Reads the root's tree and what the kernel holds there again (after
+    /// the host lists were refreshed).
+    pub fn read_held(&mut self) -> Result<()> {
+        self.tree = Tree::read(&self.pins)?;
+        self.held = held::read(
+            &self.pins,
+            &self.tree,
+            &self.interfaces,
+            &self.cgroups,
+            &self.cgroup_mount,
+        )
+        .context("reading what the kernel holds under the root")?;
+        Ok(())
+    }
+}

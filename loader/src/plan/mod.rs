@@ -1,0 +1,94 @@
+//! The difference between what the layout asks for and what was observed:
+//! a list of actions. Pure: [`plan`] reads no file and makes no call, so
+//! tests build observed states by hand and check the actions.
+//!
+//! One planner per kind of thing ([`programs`]: programs, maps, the
+//! cgroup_rmdir link; [`hooks`]: TC, cgroup_skb, stats files; [`access`]:
+//! owners and modes), each judging pinned links with one verdict helper.
+use std::{collections::BTreeSet, path::PathBuf};
+
+use anyhow::Result;
+
+use crate::{
+    bpffs::Direction,
+    observe::{Cgroup, Observed},
+    spec::{select::CgroupPattern, Layout},
+};
+
+pub mod access;
+pub mod action;
+pub mod check;
+pub mod hooks;
+pub mod programs;
+
+pub use action::{Action, MapPolicy};
+
+#[cfg(test)]
+mod tests;
+pub use check::{check_names, unmatched, Unmatched};
+
+/// The actions that bring what was observed to the layout, in the order
+/// `apply` runs them: programs and maps first, then the rmdir link, TC,
+/// cgroup_skb and stats files (attachments, then unpins), links moved to
+/// the pinned programs, strays detached, maps swapped, access settled.
+pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action>> {
+    let replace_maps = programs::replace_maps(layout, &o.pins, &o.held, maps)?;
+    let reason = programs::load_reason(&o.held, !replace_maps.is_empty());
+    let reload = reason.is_some();
+    let mut actions: Vec<Action> = reason
+        .map(|reason| Action::LoadPrograms { reason })
+        .into_iter()
+        .collect();
+    actions.extend(programs::rmdir_link(&o.pins, &o.held, reload));
+
+    let c = hooks::Ctx {
+        layout,
+        pins: &o.pins,
+        links: &o.held.links,
+        programs: &o.held.programs,
+        reload,
+    };
+    let mut h = hooks::Hooks::default();
+    let tc: Vec<_> = o
+        .interfaces
+        .iter()
+        .filter(|i| layout.tc_interfaces.iter().any(|p| p.matches(&i.name)))
+        .collect();
+    tc.iter().for_each(|i| h.tc(&c, i));
+    let want: BTreeSet<_> = tc
+        .iter()
+        .flat_map(|i| both(|d| o.pins.tc_link(&i.name, d)))
+        .collect();
+    h.tc_unwanted(&c, &o.interfaces, &want);
+
+    let listed = |list: &[CgroupPattern]| -> Vec<&Cgroup> {
+        o.cgroups
+            .iter()
+            .filter(|cg| list.iter().any(|p| p.matches(&cg.path)))
+            .collect()
+    };
+    let skb = listed(&layout.cgroup_skb_attach);
+    skb.iter().for_each(|cg| h.cgroup_skb(&c, cg));
+    let want: BTreeSet<_> = skb
+        .iter()
+        .flat_map(|cg| both(|d| o.pins.cgroup_link(cg.id, d)))
+        .collect();
+    h.cgroup_skb_unwanted(&c, &o.cgroups, &want);
+
+    let stats = listed(&layout.stats_cgroups);
+    stats.iter().for_each(|cg| h.stats(&c, cg));
+    let want: BTreeSet<_> = stats.iter().map(|cg| o.pins.stats_file(&cg.path)).collect();
+    h.stats_unwanted(&c, &o.cgroups, &want);
+
+    actions.extend(h.finish(&c));
+    actions.extend(o.held.strays.iter().cloned().map(Action::Detach));
+    // Replaced maps are swapped in once every link runs the new programs.
+    actions.extend(replace_maps);
+    actions.extend(access::drift(layout, &o.pins, &o.tree));
+    Ok(actions)
+}
+
+/// The pins of both directions.
+fn both(pin: impl Fn(Direction) -> PathBuf) -> [PathBuf; 2] {
+    Direction::BOTH.map(pin)
+}

@@ -1,0 +1,96 @@
+//! The programs and maps: load (first time, missing pieces, upgrade),
+//! replace maps whose shape no longer fits, and the cgroup_rmdir link.
+use anyhow::{bail, Result};
+use cgacct_common::{maps, programs as prog};
+
+use super::action::{Action, MapPolicy};
+use crate::{
+    bpffs::Pins,
+    object::{self, wanted_maps, PROGRAMS, REBUILT_MAPS},
+    observe::Held,
+    spec::Layout,
+};
+
+/// Why the programs are loaded again, if they are: missing programs or
+/// maps, maps being replaced, or another build running.
+pub fn load_reason(held: &Held, replacing_maps: bool) -> Option<String> {
+    let this = object::this_build();
+    if PROGRAMS.iter().any(|p| !held.programs.contains_key(p)) {
+        Some("programs are missing".to_string())
+    } else if maps::ALL.iter().any(|m| !held.maps.contains_key(m)) {
+        Some("maps are missing: they start from zero".to_string())
+    } else if replacing_maps {
+        Some("maps are replaced".to_string())
+    } else {
+        match held.build {
+            Some(b) if b != this => Some(format!(
+                "upgrade: the kernel runs build {b:016x}, this is build {this:016x}; links move in place"
+            )),
+            None => Some("upgrade: the pinned programs carry no build id".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The cgroup_rmdir tracepoint's link: a tracing link cannot move to
+/// another program in place, so a new build replaces it.
+pub fn rmdir_link(pins: &Pins, held: &Held, reload: bool) -> Option<Action> {
+    let pin = pins.rmdir_link();
+    let replace = match held.links.get(&pin) {
+        None => None,
+        Some(Some(l))
+            if !reload && held.programs.get(prog::CGROUP_RMDIR).map(|p| p.id) == Some(l.prog_id) =>
+        {
+            return None
+        }
+        Some(Some(_)) => Some("a tracing link cannot move to another program in place".to_string()),
+        Some(None) => Some("the pin is not a readable link".to_string()),
+    };
+    Some(Action::AttachRmdir { pin, replace })
+}
+
+/// Pinned maps whose shape differs from what this build and layout need.
+pub fn replace_maps(layout: &Layout, pins: &Pins, held: &Held, policy: MapPolicy) -> Result<Vec<Action>> {
+    let mut out = Vec::new();
+    for (name, want) in wanted_maps(&layout.maps) {
+        let Some(have) = held.maps.get(name).copied() else {
+            continue;
+        };
+        if have == want {
+            continue;
+        }
+        let pin = pins.map(name);
+        let scratch = REBUILT_MAPS.contains(&name);
+        let resize_only =
+            (have.kind, have.key_size, have.value_size) == (want.kind, want.key_size, want.value_size);
+        match policy {
+            MapPolicy::Refuse if scratch => {}
+            MapPolicy::Refuse => bail!(
+                "pinned map {} is {have}, but this build and layout need {want}. Its counters are \
+                 kept as they are and nothing was changed. Choose: restore the layout's [maps] \
+                 sizes; or `apply --migrate-maps` to move to new maps{}; or `apply --reset-maps` to \
+                 start those maps from zero",
+                pin.display(),
+                if resize_only {
+                    " and copy the counters over"
+                } else {
+                    " (the value layout changed: counters cannot be copied, --migrate-maps will refuse)"
+                }
+            ),
+            MapPolicy::Migrate if !resize_only && !scratch => bail!(
+                "pinned map {} is {have}, this build needs {want}: its entries cannot be converted, \
+                 so --migrate-maps cannot keep them. Use `apply --reset-maps` to start it from zero",
+                pin.display()
+            ),
+            _ => {}
+        }
+        out.push(Action::ReplaceMap {
+            map: name.to_string(),
+            pin,
+            from: have,
+            to: want,
+            keep_counters: policy == MapPolicy::Migrate && !scratch,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,284 @@
+//! The planners against observed states built by hand: no kernel, no files.
+use std::path::{Path, PathBuf};
+
+use cgacct_common::{maps, programs as prog};
+
+use super::{plan, Action, MapPolicy};
+use crate::{
+    bpffs::{walk::Entry, walk::Tree, Direction, Pins},
+    object::{self, wanted_maps, PROGRAMS},
+    observe::{held::HeldProgram, Cgroup, Held, Interface, Observed},
+    spec::Layout,
+    sys::bpf::{LinkState, LinkTarget, CGROUP_EGRESS, CGROUP_INGRESS, TCX_EGRESS, TCX_INGRESS},
+};
+
+const ROOT: &str = "/sys/fs/bpf/t";
+
+fn layout(extra: &str) -> Layout {
+    Layout::parse(&format!(
+        "root = {ROOT:?}\n[tc]\ninterfaces = [\"veth*\"]\n[cgroup_skb]\nattach = [\"/app\"]\n\
+         [stats]\ncgroups = [\"/app/**\"]\n{extra}"
+    ))
+    .expect("layout")
+}
+
+fn pins() -> Pins {
+    Pins::new(Path::new(ROOT), true)
+}
+
+fn host() -> (Vec<Interface>, Vec<Cgroup>) {
+    let veth = Interface {
+        name: "veth1".into(),
+        ifindex: 7,
+    };
+    let cgroups = [("", 1), ("app", 10), ("app/web", 11)]
+        .map(|(path, id)| Cgroup {
+            path: path.into(),
+            id,
+        })
+        .to_vec();
+    (vec![veth], cgroups)
+}
+
+fn link(id: u32, prog_id: u32, target: LinkTarget) -> Option<LinkState> {
+    Some(LinkState { id, prog_id, target })
+}
+
+/// What the kernel holds once `layout()` is applied: programs 1..=6, maps
+/// of the wanted shapes, every link where it belongs.
+fn converged(l: &Layout) -> Held {
+    let p = pins();
+    let mut held = Held {
+        build: Some(object::this_build()),
+        ..Held::default()
+    };
+    for (i, name) in PROGRAMS.iter().enumerate() {
+        held.programs.insert(name, HeldProgram { id: i as u32 + 1 });
+    }
+    let id = |name: &str| held.programs[name].id;
+    let (tc_in, tc_eg, cg_in, cg_eg, iter, rmdir) = (
+        id(prog::TC_INGRESS),
+        id(prog::TC_EGRESS),
+        id(prog::CGROUP_INGRESS),
+        id(prog::CGROUP_EGRESS),
+        id(prog::CGROUP_ITER),
+        id(prog::CGROUP_RMDIR),
+    );
+    held.maps = wanted_maps(&l.maps).into_iter().collect();
+    let tcx = |attach_type| LinkTarget::Tcx {
+        ifindex: 7,
+        attach_type,
+    };
+    let cg = |attach_type| LinkTarget::Cgroup {
+        cgroup_id: 10,
+        attach_type,
+    };
+    let stats = |cgroup_id| LinkTarget::CgroupIter { cgroup_id, order: 2 };
+    let links = [
+        (
+            p.tc_link("veth1", Direction::Ingress),
+            link(20, tc_in, tcx(TCX_INGRESS)),
+        ),
+        (
+            p.tc_link("veth1", Direction::Egress),
+            link(21, tc_eg, tcx(TCX_EGRESS)),
+        ),
+        (
+            p.cgroup_link(10, Direction::Ingress),
+            link(22, cg_in, cg(CGROUP_INGRESS)),
+        ),
+        (
+            p.cgroup_link(10, Direction::Egress),
+            link(23, cg_eg, cg(CGROUP_EGRESS)),
+        ),
+        (p.stats_file("app"), link(24, iter, stats(10))),
+        (p.stats_file("app/web"), link(25, iter, stats(11))),
+        (
+            p.rmdir_link(),
+            link(26, rmdir, LinkTarget::Other { link_type: 2 }),
+        ),
+    ];
+    held.links = links.into_iter().collect();
+    held
+}
+
+fn observed(held: Held, tree: Tree) -> Observed {
+    let (interfaces, cgroups) = host();
+    Observed::new(pins(), interfaces, cgroups, tree, held)
+}
+
+fn kinds(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| {
+            serde_json::to_value(a).expect("json")["action"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn from_nothing_everything_is_made_in_order() {
+    let l = layout("");
+    let actions = plan(&l, &observed(Held::default(), Tree::default()), MapPolicy::Refuse).expect("plan");
+    assert_eq!(
+        kinds(&actions),
+        [
+            "load_programs",
+            "attach_rmdir",
+            "attach_tc",
+            "attach_tc",
+            "attach_cgroup",
+            "attach_cgroup",
+            "pin_stats",
+            "pin_stats"
+        ]
+    );
+    assert_eq!(
+        actions[0],
+        Action::LoadPrograms {
+            reason: "programs are missing".into()
+        }
+    );
+    assert!(
+        matches!(&actions[7], Action::PinStats { id: 11, pin, replace: None, .. }
+        if *pin == PathBuf::from("/sys/fs/bpf/t/app/web/net.stat"))
+    );
+}
+
+#[test]
+fn a_converged_kernel_needs_nothing() {
+    let l = layout("");
+    let actions = plan(&l, &observed(converged(&l), Tree::default()), MapPolicy::Refuse).expect("plan");
+    assert_eq!(actions, []);
+}
+
+#[test]
+fn drift_is_named_link_by_link() {
+    let l = layout("");
+    let p = pins();
+    let mut held = converged(&l);
+    // The veth was deleted (defunct link), a cgroup link runs an old
+    // program, a stats file's cgroup is gone, a pin is no link.
+    let tc_in = p.tc_link("veth1", Direction::Ingress);
+    held.links.insert(
+        tc_in.clone(),
+        link(
+            20,
+            3,
+            LinkTarget::Tcx {
+                ifindex: 0,
+                attach_type: TCX_INGRESS,
+            },
+        ),
+    );
+    let cg_eg = p.cgroup_link(10, Direction::Egress);
+    held.links.insert(
+        cg_eg.clone(),
+        link(
+            23,
+            99,
+            LinkTarget::Cgroup {
+                cgroup_id: 10,
+                attach_type: CGROUP_EGRESS,
+            },
+        ),
+    );
+    let gone = p.stats_file("app/old");
+    held.links.insert(
+        gone.clone(),
+        link(
+            30,
+            6,
+            LinkTarget::CgroupIter {
+                cgroup_id: 12,
+                order: 2,
+            },
+        ),
+    );
+    held.links.insert(p.stats_file("app/web"), None);
+    let actions = plan(&l, &observed(held, Tree::default()), MapPolicy::Refuse).expect("plan");
+    let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            format!("replace (defunct: its interface was deleted): attach tc ingress to veth1 -> {}", tc_in.display()),
+            "replace (the pin is not a readable link): pin stats of /app/web -> /sys/fs/bpf/t/app/web/net.stat".into(),
+            format!("unpin stats file {} (its cgroup was removed; the pin holds it)", gone.display()),
+            format!("update link {} to program {}", cg_eg.display(), prog::CGROUP_EGRESS),
+        ]
+    );
+}
+
+#[test]
+fn a_new_build_reloads_and_moves_every_movable_link() {
+    let l = layout("");
+    let mut held = converged(&l);
+    held.build = Some(object::this_build() ^ 1);
+    let actions = plan(&l, &observed(held, Tree::default()), MapPolicy::Refuse).expect("plan");
+    let k = kinds(&actions);
+    assert_eq!(k[0], "load_programs");
+    // The tracing link cannot move: replaced; the six others move in place.
+    assert_eq!(k[1], "attach_rmdir");
+    assert_eq!(k.iter().filter(|k| *k == "update_link").count(), 6, "{k:?}");
+    assert_eq!(k.len(), 8, "{k:?}");
+}
+
+#[test]
+fn a_map_of_another_shape_is_refused_unless_migrated() {
+    let l = layout("[maps]\ncgroups = 128\n");
+    let mut held = converged(&l);
+    let shape = held.maps[maps::CGROUP_STATS];
+    held.maps.insert(
+        maps::CGROUP_STATS,
+        object::MapShape {
+            max_entries: 64,
+            ..shape
+        },
+    );
+    let o = observed(held, Tree::default());
+    let e = format!("{:#}", plan(&l, &o, MapPolicy::Refuse).expect_err("refused"));
+    assert!(e.contains("--migrate-maps") && e.contains("--reset-maps"), "{e}");
+    let actions = plan(&l, &o, MapPolicy::Migrate).expect("plan");
+    assert_eq!(
+        actions[0],
+        Action::LoadPrograms {
+            reason: "maps are replaced".into()
+        }
+    );
+    assert!(
+        matches!(actions.last(), Some(Action::ReplaceMap { keep_counters: true, to, .. }) if to.max_entries == 128)
+    );
+}
+
+#[test]
+fn access_drift_comes_from_the_tree_not_the_disk() {
+    let l = layout("");
+    let entry = |path: &str, is_dir, mode| Entry {
+        path: PathBuf::from(path),
+        is_dir,
+        uid: 0,
+        gid: 0,
+        mode,
+    };
+    let tree = Tree {
+        entries: vec![
+            entry(ROOT, true, 0o755),
+            entry("/sys/fs/bpf/t/app", true, 0o755),
+            entry("/sys/fs/bpf/t/app/net.stat", false, 0o644),
+            entry("/sys/fs/bpf/t/maps", true, 0o700),
+        ],
+    };
+    let actions = plan(&l, &observed(converged(&l), tree), MapPolicy::Refuse).expect("plan");
+    assert_eq!(
+        actions,
+        [Action::SetAccess {
+            path: "/sys/fs/bpf/t/app/net.stat".into(),
+            uid: 0,
+            gid: 0,
+            mode: "0444".into()
+        }]
+    );
+}

@@ -1,0 +1,9 @@
+//! Reading counters back and showing them: the pinned maps and `net.stat`
+//! text ([`read`]), `status` ([`status`]), live rates ([`top`]), Prometheus
+//! text ([`metrics`]) and the final totals of removed cgroups
+//! ([`removed`]).
+pub mod metrics;
+pub mod read;
+pub mod removed;
+pub mod status;
+pub mod top;

@@ -1,0 +1,139 @@
+//! Reading counters back: from the pinned maps (summing per-CPU slots) and
+//! from `net.stat` text.
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{Map, MapData, PerCpuHashMap};
+use cgacct_common::{maps, Counters};
+
+use crate::{bpffs::Pins, observe::kernel, sys};
+
+/// Every key of a pinned per-CPU counters map, with its CPU slots summed.
+/// Reads the map in batches (a few syscalls for the whole map); kernels
+/// without `BPF_MAP_LOOKUP_BATCH` (< 5.6) are read key by key.
+pub fn map_totals<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    match map_totals_batch(path)? {
+        Some(totals) => Ok(totals),
+        None => map_totals_by_key(path),
+    }
+}
+
+/// [`map_totals`] with `BPF_MAP_LOOKUP_BATCH`; None when the kernel has
+/// no batch reads of this map (EINVAL).
+pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMap<K, Counters>>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = data.info()?;
+    let key_size = size_of::<K>();
+    let value_size = size_of::<Counters>();
+    if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
+        bail!(
+            "map {} has key size {} and value size {}, expected {key_size} and {value_size}",
+            path.display(),
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    let cpus = kernel::nr_cpus()? as usize;
+    // Per-CPU values come out as `cpus` values, each padded to 8 bytes
+    // (Counters is 32 bytes: no padding).
+    let stride = value_size.next_multiple_of(8) * cpus;
+    // A batch never splits a hash bucket: ask for plenty per call.
+    let chunk = (info.max_entries() as usize).clamp(1, 4096);
+    let mut keys = vec![0u8; chunk * key_size];
+    let mut values = vec![0u8; chunk * stride];
+    let mut out = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let batch = sys::bpf::map_lookup_batch(
+            data.fd().as_fd(),
+            &mut token,
+            &mut keys,
+            &mut values,
+            chunk as u32,
+        );
+        let (n, more) = match batch {
+            Err(e) if e.errno() == Some(libc::EINVAL) && token.is_none() => return Ok(None),
+            other => other.with_context(|| format!("reading {}", path.display()))?,
+        };
+        for i in 0..n as usize {
+            // SAFETY: the kernel wrote `n` keys of `key_size` bytes; K is Pod.
+            let key: K = unsafe { std::ptr::read_unaligned(keys[i * key_size..].as_ptr().cast()) };
+            let mut total = Counters::default();
+            for cpu in 0..cpus {
+                let off = i * stride + cpu * value_size.next_multiple_of(8);
+                // SAFETY: in bounds (stride), Counters is Pod.
+                let v: Counters = unsafe { std::ptr::read_unaligned(values[off..].as_ptr().cast()) };
+                total.add(&v);
+            }
+            out.insert(key, total);
+        }
+        if !more {
+            return Ok(Some(out));
+        }
+    }
+}
+
+/// [`map_totals`] key by key (two syscalls per key), as aya iterates.
+pub fn map_totals_by_key<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, values) = entry?;
+        let mut total = Counters::default();
+        for v in values.iter() {
+            total.add(v);
+        }
+        out.insert(key, total);
+    }
+    Ok(out)
+}
+
+/// The counters of one root, read from its maps.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// cgroup id -> counters of the cgroup_skb hooks.
+    pub cgroups: BTreeMap<u64, Counters>,
+    /// socket cgroup id (0: none) -> counters of the TC hooks.
+    pub tc_cgroups: BTreeMap<u64, Counters>,
+    /// ifindex -> counters of the TC hooks.
+    pub interfaces: BTreeMap<u32, Counters>,
+    /// owner cgroup id -> frames through its interfaces (rx towards it).
+    pub veth: BTreeMap<u64, Counters>,
+}
+
+pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
+    Ok(Snapshot {
+        cgroups: map_totals(&pins.map(maps::CGROUP_STATS))?,
+        tc_cgroups: map_totals(&pins.map(maps::TC_CGROUP_STATS))?,
+        interfaces: map_totals(&pins.map(maps::IFACE_STATS))?,
+        // Roots made before owners existed have no such map yet.
+        veth: if pins.map(maps::VETH_STATS).exists() {
+            map_totals(&pins.map(maps::VETH_STATS))?
+        } else {
+            BTreeMap::new()
+        },
+    })
+}
+
+/// Parses flat keyed `key value` text such as `net.stat`.
+pub fn parse_stat(text: &str) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let (k, v) = line
+            .split_once(' ')
+            .with_context(|| format!("line {}: no space in {line:?}", n + 1))?;
+        out.insert(
+            k.to_string(),
+            v.parse()
+                .with_context(|| format!("line {}: {v:?} is not a number", n + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads and parses a `net.stat` file.
+pub fn read_stat(path: &Path) -> Result<BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_stat(&text)
+}

@@ -1,0 +1,175 @@
+//! `cgacct-pin status`: what is pinned and attached under a root, and the
+//! counters of every cgroup and interface, named.
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result};
+use cgacct_common::Counters;
+use serde_json::json;
+
+use super::read::{self, Snapshot};
+use crate::{
+    bpffs::{names, walk::Tree, Pins},
+    object,
+    observe::{held, host},
+    tc,
+};
+
+/// Everything `status` shows, read once.
+struct Status {
+    root: std::path::PathBuf,
+    build: Option<String>,
+    this_build: String,
+    programs: Vec<(&'static str, bool)>,
+    tc_links: Vec<std::path::PathBuf>,
+    cgroup_links: Vec<std::path::PathBuf>,
+    stats_files: usize,
+    snap: Snapshot,
+    names: BTreeMap<u64, String>,
+    ifnames: BTreeMap<u32, String>,
+}
+
+impl Status {
+    fn read(root: &Path) -> Result<Status> {
+        if !root.is_dir() {
+            anyhow::bail!(
+                "{} does not exist: nothing is applied there (run `cgacct-pin apply LAYOUT`)",
+                root.display()
+            );
+        }
+        let pins = Pins::new(root, names::probe_dots(root)?);
+        let tree = Tree::read(&pins)?;
+        let iter_pin = pins.prog(cgacct_common::programs::CGROUP_ITER);
+        let build = match iter_pin.exists() {
+            true => held::running_build(&iter_pin)?,
+            false => None,
+        };
+        Ok(Status {
+            root: root.to_path_buf(),
+            build: build.map(|b| format!("{b:016x}")),
+            this_build: format!("{:016x}", object::this_build()),
+            programs: object::PROGRAMS
+                .iter()
+                .map(|p| (*p, pins.prog(p).exists()))
+                .collect(),
+            tc_links: tree.two_level(&pins.tc_links()),
+            cgroup_links: tree.two_level(&pins.cgroup_links()),
+            stats_files: tree.stats_files(&pins).len(),
+            snap: read::snapshot(&pins).context("reading the pinned maps")?,
+            names: host::cgroup_names(&host::cgroup2_mount()?)?,
+            ifnames: host::interfaces()?
+                .into_iter()
+                .map(|i| (i.ifindex, i.name))
+                .collect(),
+        })
+    }
+
+    fn cgroup_name(&self, id: u64) -> String {
+        match id {
+            0 => "(no socket)".to_string(),
+            id => self
+                .names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("(removed cgroup {id})")),
+        }
+    }
+}
+
+/// Prints the status of `root`; `tc` is how TC attaches there (the
+/// layout's `[tc] attach`, or the probe's answer).
+pub fn show(root: &Path, tc: &tc::Choice, json: bool) -> Result<()> {
+    let s = Status::read(root)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&s, tc))?);
+    } else {
+        print_text(&s, tc);
+    }
+    Ok(())
+}
+
+fn counters(c: &Counters) -> serde_json::Value {
+    json!({"rx_bytes": c.rx_bytes, "rx_packets": c.rx_packets, "tx_bytes": c.tx_bytes, "tx_packets": c.tx_packets})
+}
+
+fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
+    let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<serde_json::Value> {
+        m.iter()
+            .map(|(id, c)| json!({"id": id, "path": s.cgroup_name(*id), "counters": counters(c)}))
+            .collect()
+    };
+    json!({
+        "root": s.root,
+        "build": s.build, "this_build": s.this_build,
+        "programs": s.programs.iter().map(|(p, ok)| json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
+        "tc_links": s.tc_links, "cgroup_links": s.cgroup_links, "stats_files": s.stats_files,
+        "tc_attach": tc,
+        "cgroups": by_cgroup(&s.snap.cgroups),
+        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups),
+        "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_text(s: &Status, tc: &tc::Choice) {
+    println!("root {}", s.root.display());
+    match &s.build {
+        Some(b) if *b == s.this_build => println!("build {b} (this binary's)"),
+        Some(b) => println!(
+            "build {b} (this binary is {}: `apply` upgrades in place)",
+            s.this_build
+        ),
+        None => println!("build unknown (this binary is {})", s.this_build),
+    }
+    println!("{}", tc.describe());
+    for (p, ok) in &s.programs {
+        println!("program {p} {}", if *ok { "pinned" } else { "MISSING" });
+    }
+    for l in s.tc_links.iter().chain(&s.cgroup_links) {
+        println!("link {}", l.display());
+    }
+    println!("stats files: {}", s.stats_files);
+    let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<_> {
+        m.iter()
+            .map(|(id, c)| (id.to_string(), *c, s.cgroup_name(*id)))
+            .collect()
+    };
+    let head = |a, b, c, d, n| ["id", a, b, c, d, n];
+    table(
+        head(
+            "rx_bytes",
+            "rx_pkts",
+            "tx_bytes",
+            "tx_pkts",
+            "cgroup (cgroup_skb)",
+        ),
+        by_cgroup(&s.snap.cgroups),
+    );
+    table(
+        head(
+            "in_bytes",
+            "in_pkts",
+            "out_bytes",
+            "out_pkts",
+            "cgroup of socket (tc)",
+        ),
+        by_cgroup(&s.snap.tc_cgroups),
+    );
+    let ifaces = s.snap.interfaces.iter().map(|(i, c)| {
+        let name = s.ifnames.get(i).cloned().unwrap_or_else(|| "(gone)".into());
+        (i.to_string(), *c, name)
+    });
+    let mut h = head("in_bytes", "in_pkts", "out_bytes", "out_pkts", "interface (tc)");
+    h[0] = "ifindex";
+    table(h, ifaces.collect());
+}
+
+/// One status table: key, four counters, name.
+fn table(head: [&str; 6], rows: Vec<(String, Counters, String)>) {
+    let [k, a, b, c, d, n] = head;
+    println!("\n{k:<10} {a:>14} {b:>10} {c:>14} {d:>10}  {n}");
+    for (key, x, name) in rows {
+        println!(
+            "{key:<10} {:>14} {:>10} {:>14} {:>10}  {name}",
+            x.rx_bytes, x.rx_packets, x.tx_bytes, x.tx_packets
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! What the user asked for: the layout file, parsed and validated
+//! ([`layout`]), with its patterns ([`select`]). Nothing here reads the
+//! kernel.
+pub mod layout;
+pub mod select;
+
+pub use layout::Layout;

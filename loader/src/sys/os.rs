@@ -1,0 +1,112 @@
+//! The libc calls cgacct makes, each behind a safe function whose error
+//! names the call.
+use std::{ffi::CString, os::fd::AsRawFd, path::Path, time::Duration};
+
+use super::SysError;
+
+/// `flock(LOCK_EX | LOCK_NB)`: Ok(true) when taken, Ok(false) when another
+/// holder has it.
+pub fn try_lock_exclusive(file: &impl AsRawFd) -> Result<bool, SysError> {
+    // SAFETY: flock on an fd the caller owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = SysError::last("flock");
+    if e.errno() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// `statfs(path).f_type`: the magic number of the filesystem holding `path`.
+pub fn fs_type(path: &Path) -> Result<i64, SysError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| SysError::new("statfs", std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: a C struct of integers: all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and an out-parameter of the right type.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(SysError::last("statfs"));
+    }
+    Ok(st.f_type as i64)
+}
+
+/// `poll` for input on any of `fds` (negative ones are ignored), up to
+/// `timeout`. Ok(false) on timeout or EINTR.
+pub fn poll_readable(fds: &[i32], timeout: Duration) -> Result<bool, SysError> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Round up: a wait of 0.4 ms must not become a busy loop of 0 ms polls.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: a valid array of pollfd of the length given.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = SysError::last("poll");
+        return if e.errno() == Some(libc::EINTR) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
+}
+
+/// Nanoseconds of `clock` (CLOCK_BOOTTIME, CLOCK_REALTIME, ...).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The uid of user `name` (`getpwnam`); None when there is no such user.
+pub fn user_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    // SAFETY: non-NULL result of getpwnam.
+    (!pw.is_null()).then(|| unsafe { (*pw).pw_uid })
+}
+
+/// The gid of group `name` (`getgrnam`); None when there is no such group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getgrnam returns NULL or a pointer to static storage, read at once.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    // SAFETY: non-NULL result of getgrnam.
+    (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+}
+
+/// SIGKILL to this process (the test kill points).
+pub fn kill_self() {
+    // SAFETY: raising a signal at ourselves.
+    unsafe {
+        libc::raise(libc::SIGKILL);
+    }
+}
+
+/// Restores SIGPIPE's default action, so that a command whose output is
+/// closed (`cgacct-pin status | head -1`) ends quietly, as Unix tools do,
+/// instead of failing on the write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() }
+}
