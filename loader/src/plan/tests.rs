@@ -144,7 +144,7 @@ fn from_nothing_everything_is_made_in_order() {
     );
     assert!(
         matches!(&actions[7], Action::PinStats { id: 11, pin, replace: None, .. }
-        if *pin == PathBuf::from("/sys/fs/bpf/t/app/web/net.stat"))
+        if pin.as_path() == Path::new("/sys/fs/bpf/t/app/web/net.stat"))
     );
 }
 
