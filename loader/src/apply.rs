@@ -471,6 +471,12 @@ fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> R
             &offsets.kernfs_node_parent,
             true,
         )
+        .override_global(globals::CGROUP_ROOT_OFFSET, &offsets.cgroup_root, true)
+        .override_global(
+            globals::CGROUP_ROOT_HIERARCHY_ID_OFFSET,
+            &offsets.cgroup_root_hierarchy_id,
+            true,
+        )
         .override_global(globals::BUILD_ID, &build, true);
     for (name, shape) in plan::wanted_maps(layout) {
         loader.map_max_entries(name, shape.max_entries);
