@@ -179,6 +179,10 @@ pub mod globals {
     pub const BUILD_ID: &str = "BUILD_ID";
     /// `offsetof(struct kernfs_node, __parent)` (`parent` before 6.15) (`u32`).
     pub const KERNFS_NODE_PARENT_OFFSET: &str = "KERNFS_NODE_PARENT_OFFSET";
+    /// `offsetof(struct cgroup, root)` (`u32`): the hierarchy a cgroup is in.
+    pub const CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
+    /// `offsetof(struct cgroup_root, hierarchy_id)` (`u32`).
+    pub const CGROUP_ROOT_HIERARCHY_ID_OFFSET: &str = "CGROUP_ROOT_HIERARCHY_ID_OFFSET";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.

@@ -17,6 +17,10 @@ pub static KERNFS_NODE_ID_OFFSET: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub static KERNFS_NODE_PARENT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CGROUP_ROOT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 /// Identity of this build, read back by the loader from the program's
 /// read-only data to tell whether the running programs are its own.
 #[unsafe(no_mangle)]
@@ -50,6 +54,31 @@ pub unsafe fn kn_parent(kn: usize) -> Option<usize> {
     // SAFETY: probe reads are checked by the kernel.
     let p = unsafe { bpf_probe_read_kernel(kn.wrapping_add(off) as *const usize) }.ok()?;
     (p != 0).then_some(p)
+}
+
+/// `hierarchy_id` of the default hierarchy (`cgrp_dfl_root`, cgroup2): it
+/// takes id 0 at boot, before any v1 hierarchy exists, and keeps it.
+pub const CGROUP2_HIERARCHY_ID: i32 = 0;
+
+/// `cgroup->root->hierarchy_id`: which hierarchy the cgroup is in. Kernfs
+/// ids (cgroup ids) are unique within one hierarchy only.
+#[inline(always)]
+pub unsafe fn cgroup_hierarchy_id(cgroup: *const u8) -> Option<i32> {
+    // SAFETY: read-only globals.
+    let (root_off, id_off) = unsafe {
+        (
+            ptr::read_volatile(&CGROUP_ROOT_OFFSET) as usize,
+            ptr::read_volatile(&CGROUP_ROOT_HIERARCHY_ID_OFFSET) as usize,
+        )
+    };
+    let root_slot = (cgroup as usize).wrapping_add(root_off) as *const usize;
+    // SAFETY: probe reads are checked by the kernel.
+    let root = unsafe { bpf_probe_read_kernel(root_slot) }.ok()?;
+    if root == 0 {
+        return None;
+    }
+    // SAFETY: probe reads are checked by the kernel.
+    unsafe { bpf_probe_read_kernel(root.wrapping_add(id_off) as *const i32) }.ok()
 }
 
 /// `cgroup->kn->id`: nothing about kernel struct layout is baked in.

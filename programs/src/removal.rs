@@ -8,6 +8,13 @@
 //! `REMOVED`; and deletes its entries from the counter maps. So a parent's
 //! subtree totals never go backwards when a child goes, and a cgroup that
 //! lived for a moment still has its final totals afterwards.
+//!
+//! The tracepoint fires for rmdir in every cgroup hierarchy, v1 ones
+//! included (hybrid hosts, container runtimes with the cgroupfs driver),
+//! and kernfs ids are unique within one hierarchy only: a v1 cgroup can have
+//! the id of a live cgroup2 cgroup. Every id in the maps is a cgroup2 id
+//! (`bpf_skb_cgroup_id` and the iterator both see cgroup2 only), so
+//! cgroups of any other hierarchy are ignored.
 use core::ptr;
 
 use aya_ebpf::{
@@ -19,7 +26,7 @@ use aya_ebpf::{
 use cgacct_common::{Departed, Totals};
 
 use crate::{
-    kernel::{cgroup_kn, kn_id, kn_parent, sum_percpu},
+    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_percpu, CGROUP2_HIERARCHY_ID},
     maps::{CGROUP_STATS, DEPARTED, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
 };
 
@@ -35,6 +42,11 @@ pub fn cgacct_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
+    // SAFETY: probe reads. A hierarchy that cannot be read is not taken
+    // for cgroup2.
+    if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
+        return None;
+    }
     // SAFETY: probe reads.
     let kn = unsafe { cgroup_kn(cgrp) }?;
     let id = unsafe { kn_id(kn) }?;

@@ -1,7 +1,18 @@
 //! Short-lived cgroups: a cgroup that sends and is removed at once keeps its
 //! final totals (`cgacct-pin removed`), and its parent's subtree totals do
-//! not go backwards when it goes.
-use std::{fs, time::Instant};
+//! not go backwards when it goes. Removals in cgroup v1 hierarchies, whose
+//! ids can equal those of live cgroup2 cgroups, change nothing.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use cgacct_common::{maps, Counters, Departed};
+use cgacct_pin::{bpffs::Pins, report::read};
 
 use crate::{require_kernel, world::World};
 
@@ -93,4 +104,300 @@ fn short_lived_cgroups_keep_final_totals_and_parents_never_drop() {
     assert_eq!(job2["subtree"]["socket"]["tx_packets"], 7);
     assert_eq!(job2["descendants"], 1);
     assert!(job1["age_seconds"].as_f64().expect("age") < 120.0);
+}
+
+/// A named cgroup v1 hierarchy of the test's own, mounted on a directory of
+/// its own. Its kernfs ids are its own too, and start low: rmdir in it fires
+/// the same `cgroup_rmdir` tracepoint as rmdir in cgroup2. Dropping it
+/// removes the directories made in it, unmounts it until the kernel has
+/// freed the hierarchy, and removes the mount point.
+struct V1Hierarchy {
+    /// `name=...` mount option.
+    option: String,
+    mount: PathBuf,
+    /// Live directories made in it, relative to the mount, parents first.
+    dirs: Vec<String>,
+    mounted: bool,
+}
+
+impl V1Hierarchy {
+    fn new(name: &str) -> V1Hierarchy {
+        let mut h = V1Hierarchy {
+            option: format!("name={name}"),
+            mount: std::env::temp_dir().join(format!("{name}-v1")),
+            dirs: Vec::new(),
+            mounted: false,
+        };
+        // Mounting a name the kernel knows would join that hierarchy.
+        assert!(!h.exists(), "a cgroup hierarchy {} exists already", h.option);
+        fs::create_dir(&h.mount).expect("mkdir v1 mount point");
+        h.mount_it().expect("mount the v1 hierarchy");
+        h
+    }
+
+    /// Whether the kernel has the hierarchy, mounted or not: every
+    /// hierarchy has a line in /proc/PID/cgroup ("ID:name=NAME:/path").
+    fn exists(&self) -> bool {
+        let text = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        text.lines()
+            .any(|l| l.split(':').nth(1) == Some(self.option.as_str()))
+    }
+
+    fn mount_it(&mut self) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(["-t", "cgroup", "-o", &format!("none,{}", self.option), "cgroup"])
+            .arg(&self.mount)
+            .output()
+            .map_err(|e| format!("spawning mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn unmount(&mut self) {
+        let done = Command::new("umount").arg(&self.mount).status();
+        if !done.is_ok_and(|s| s.success()) {
+            // Busy: detach it now; the kernel frees it once unused.
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+        self.mounted = false;
+    }
+
+    /// Makes a directory; returns its kernfs id (its inode number).
+    fn mkdir(&mut self, rel: &str) -> u64 {
+        let path = self.mount.join(rel);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        self.dirs.push(rel.to_string());
+        fs::metadata(&path).expect("stat v1 cgroup").ino()
+    }
+
+    fn rmdir(&mut self, rel: &str) {
+        let path = self.mount.join(rel);
+        fs::remove_dir(&path).unwrap_or_else(|e| panic!("rmdir {}: {e}", path.display()));
+        self.dirs.retain(|d| d != rel);
+    }
+}
+
+impl Drop for V1Hierarchy {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = fs::remove_dir(self.mount.join(d));
+        }
+        // The kernel frees a named hierarchy when its last mount goes while
+        // it has no cgroups; but a removed cgroup stays a child until it is
+        // released (after an RCU grace period), and an unmount before that
+        // leaves the hierarchy behind, unmounted, for good. So unmount, and
+        // while the hierarchy is still there, mount it again and retry.
+        let mut attempts = 0;
+        while self.mounted {
+            self.unmount();
+            attempts += 1;
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while self.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !self.exists() {
+                break;
+            }
+            if attempts == 20 || self.mount_it().is_err() {
+                eprintln!(
+                    "cgroup hierarchy {} is left behind after {attempts} unmounts",
+                    self.option
+                );
+                break;
+            }
+        }
+        let _ = fs::remove_dir(&self.mount);
+    }
+}
+
+/// What the maps hold for one cgroup id: (cgroup_skb, TC) counters and the
+/// totals of its removed descendants.
+fn map_state(w: &World, id: u64) -> (Option<Counters>, Option<Counters>, Option<Departed>) {
+    let pins = Pins::new(&w.root, true);
+    let snap = read::snapshot(&pins).expect("snapshot");
+    let data = MapData::from_pin(pins.map(maps::DEPARTED)).expect("open DEPARTED");
+    let departed: BpfHashMap<MapData, u64, Departed> = Map::HashMap(data).try_into().expect("DEPARTED");
+    (
+        snap.cgroups.get(&id).copied(),
+        snap.tc_cgroups.get(&id).copied(),
+        departed.get(&id, 0).ok(),
+    )
+}
+
+/// Most mkdir/rmdir steps the v1 hierarchy may take to reach the id of a
+/// cgroup2 cgroup (about 50 us each here).
+const MAX_V1_STEPS: u64 = 200_000;
+/// Most cgroup2 cgroups made to find one whose id the v1 hierarchy's ids
+/// step onto.
+const MAX_CANDIDATES: u32 = 64;
+
+/// The `cgroup_rmdir` tracepoint fires for every hierarchy, and kernfs ids
+/// are per hierarchy: a v1 cgroup with the id of a live cgroup2 cgroup is
+/// removed. Nothing about the cgroup2 cgroup may change; removing a cgroup2
+/// cgroup that has a v1 twin at the same path (as container runtimes make
+/// them) leaves one record, its own.
+#[test]
+fn rmdir_in_a_v1_hierarchy_leaves_cgroup2_alone() {
+    require_kernel!();
+    let mut w = World::new(&["jobs.slice"]);
+    w.write_layout();
+    w.apply();
+    let mut v1 = V1Hierarchy::new(&w.prefix);
+
+    // A fresh hierarchy's directory ids step by a fixed stride (the
+    // directory and its files): learn the stride, then pick a cgroup2
+    // cgroup whose id is a later step. cgroup2 ids step by their own stride
+    // (plus whatever the host makes meanwhile), so within a few cgroups one
+    // lands on the v1 residue unless both strides share a factor.
+    let first = v1.mkdir(&format!("{}-p0", w.prefix));
+    let mut last = v1.mkdir(&format!("{}-p1", w.prefix));
+    let stride = last.checked_sub(first).filter(|s| *s > 0).expect("v1 ids grow");
+    let mut target = None;
+    for i in 0..MAX_CANDIDATES {
+        let rel = format!("jobs.slice/c{i}.scope");
+        w.add_cgroup(&rel);
+        let id = w.cgroup_id(&rel);
+        if id > last && (id - last).is_multiple_of(stride) {
+            target = Some((rel, id));
+            break;
+        }
+    }
+    let Some((target, id)) = target else {
+        panic!("no cgroup2 id among {MAX_CANDIDATES} new cgroups is a v1 step (v1 stride {stride})");
+    };
+    let steps = (id - last) / stride;
+    if steps > MAX_V1_STEPS {
+        let why = format!("cgroup2 ids are at {id}: {steps} v1 steps to reach one, more than {MAX_V1_STEPS}");
+        if std::env::var("CGACCT_REQUIRE_KERNEL").as_deref() == Ok("1") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED {}: {why}", module_path!());
+        return;
+    }
+    let parent = w.cgroup_id("jobs.slice");
+    w.apply(); // stats files for the new cgroups
+    w.send_udp(&target, false, 13, 100);
+
+    let stats = |w: &World| (w.stat(&target), w.stat("jobs.slice"), w.stat(""));
+    let before = stats(&w);
+    let maps_before = (map_state(&w, id), map_state(&w, parent));
+    assert_eq!(before.0["tx_packets"], 13, "{:?}", before.0);
+
+    // Step the v1 ids up to the target's (each step's rmdir also runs the
+    // tracepoint, with an id no cgroup of ours has), then remove the
+    // directory that has it.
+    let mut k = 0u64;
+    let twin = loop {
+        let rel = format!("{}-s{k}", w.prefix);
+        let got = v1.mkdir(&rel);
+        assert_eq!(got, last + stride, "v1 ids stepped unevenly after {k} steps");
+        last = got;
+        if got == id {
+            break rel;
+        }
+        v1.rmdir(&rel);
+        k += 1;
+    };
+    let started = Instant::now();
+    v1.rmdir(&twin);
+    eprintln!(
+        "v1 id {id} reached in {k} steps; its rmdir took {:?}",
+        started.elapsed()
+    );
+
+    // Every deviation is collected, so a failure shows all of them.
+    let mut wrong = Vec::new();
+    let after = stats(&w);
+    let maps_after = (map_state(&w, id), map_state(&w, parent));
+    for (what, b, a) in [
+        (target.as_str(), &before.0, &after.0),
+        ("jobs.slice", &before.1, &after.1),
+        ("(our root)", &before.2, &after.2),
+    ] {
+        for (key, v) in b {
+            if a.get(key) != Some(v) {
+                wrong.push(format!("net.stat of {what}: {key} {v} -> {:?}", a.get(key)));
+            }
+        }
+    }
+    if maps_after != maps_before {
+        wrong.push(format!(
+            "maps (cgroup_skb, TC, DEPARTED) of {id} and of its parent {parent}: \
+             {maps_before:?} -> {maps_after:?}"
+        ));
+    }
+    let v1_paths = format!("/{}-", w.prefix);
+    let recs = removed(&w);
+    let of_v1: Vec<_> = recs
+        .iter()
+        .filter(|r| r["id"] == id || r["cgroup"].as_str().is_some_and(|p| p.starts_with(&v1_paths)))
+        .collect();
+    if !of_v1.is_empty() {
+        wrong.push(format!(
+            "{} records of v1 cgroups, the first: {:?}",
+            of_v1.len(),
+            of_v1.first()
+        ));
+    }
+
+    // A container runtime's layout: the same path in cgroup2 and in v1,
+    // both removed.
+    let path = w.cgroup(&target);
+    let mut twin_path = String::new();
+    for part in path.split('/') {
+        twin_path = if twin_path.is_empty() {
+            part.to_string()
+        } else {
+            format!("{twin_path}/{part}")
+        };
+        v1.mkdir(&twin_path);
+    }
+    v1.rmdir(&twin_path);
+    fs::remove_dir(w.cgroup_mount.join(&path)).expect("rmdir cgroup2 target");
+    let recs = removed(&w);
+    let mine: Vec<_> = recs
+        .iter()
+        .filter(|r| r["cgroup"] == format!("/{path}").as_str())
+        .collect();
+    if mine.len() != 1 {
+        wrong.push(format!("{} records for /{path}: {mine:?}", mine.len()));
+    }
+    let own = &before.0;
+    let want = [
+        ("id", id),
+        ("parent_id", parent),
+        ("own.socket.tx_packets", own["self_tx_packets"]),
+        ("own.socket.tx_bytes", own["self_tx_bytes"]),
+        ("own.tc.tx_packets", own["self_tc_egress_packets"]),
+    ];
+    match mine.iter().find(|r| r["id"] == id) {
+        None => wrong.push(format!("no record of cgroup2 id {id}")),
+        Some(rec) => {
+            for (key, v) in want {
+                let got = key.split('.').fold(*rec, |r, k| &r[k]);
+                if *got != v {
+                    wrong.push(format!("record of {id}: {key} {got} (want {v})"));
+                }
+            }
+        }
+    }
+    let end = w.stat("jobs.slice");
+    for key in SUBTREE_KEYS {
+        if end[key] != before.1[key] {
+            wrong.push(format!(
+                "jobs.slice {key} {} -> {} when /{path} went",
+                before.1[key], end[key]
+            ));
+        }
+    }
+    if end["removed_cgroups"] != before.1["removed_cgroups"] + 1 {
+        wrong.push(format!(
+            "jobs.slice removed_cgroups {} -> {} when /{path} went",
+            before.1["removed_cgroups"], end["removed_cgroups"]
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -24,6 +24,12 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
             &offsets.kernfs_node_parent,
             true,
         )
+        .override_global(globals::CGROUP_ROOT_OFFSET, &offsets.cgroup_root, true)
+        .override_global(
+            globals::CGROUP_ROOT_HIERARCHY_ID_OFFSET,
+            &offsets.cgroup_root_hierarchy_id,
+            true,
+        )
         .override_global(globals::BUILD_ID, &build, true);
     for (name, shape) in object::wanted_maps(&layout.maps) {
         loader.map_max_entries(name, shape.max_entries);

@@ -6,13 +6,18 @@ use btf_rs::{Btf, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offsets the cgroup iterator uses to read `cgroup->kn->id`.
+/// Offsets the programs use to read `cgroup->kn->id`, the parent's id and
+/// `cgroup->root->hierarchy_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
     /// `kernfs_node.__parent` (named `parent` before Linux 6.15).
     pub kernfs_node_parent: u32,
+    /// `cgroup.root`: the `struct cgroup_root` of the cgroup's hierarchy.
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id` (`int`; 0 is cgroup2, the default hierarchy).
+    pub cgroup_root_hierarchy_id: u32,
 }
 
 pub fn offsets() -> Result<Offsets> {
@@ -37,6 +42,8 @@ pub fn offsets() -> Result<Offsets> {
         kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
         kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
             .or_else(|_| member_offset(&btf, "kernfs_node", "parent"))?,
+        cgroup_root: member_offset(&btf, "cgroup", "root")?,
+        cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
     })
 }
 
