@@ -76,6 +76,25 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// One named part of a scenario, as the kernel's selftests have subtests:
+/// its name is printed when it starts and named in the failure, so a long
+/// scenario says which part broke. Parts run in order; a failed part ends
+/// the scenario (the later parts build on it).
+pub fn subtest<T>(name: &str, part: impl FnOnce() -> T) -> T {
+    eprintln!("  subtest {name}");
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(part)) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("subtest {name} failed: {why}")
+        }
+    }
+}
+
 pub fn sh(script: &str) -> Output {
     run(Command::new("sh").arg("-euc").arg(script))
 }

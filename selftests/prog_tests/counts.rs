@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, process::Command};
 use cgacct_common::Counters;
 use cgacct_pin::{bpffs::names::Pins, report::read};
 
-use crate::{require_kernel, world::World};
+use crate::{
+    require_kernel,
+    world::{subtest, World},
+};
 
 const N4: u64 = 37;
 const P4: u64 = 200; // IPv4 datagram: 20 IP + 8 UDP + payload
@@ -76,68 +79,76 @@ fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
     // 1. cat net.stat
     let s4 = w.stat("web.slice/v4.scope");
     let s6 = w.stat("web.slice/v6.scope");
-    for (s, c, id) in [
-        (&s4, &v4, w.cgroup_id("web.slice/v4.scope")),
-        (&s6, &v6, w.cgroup_id("web.slice/v6.scope")),
-    ] {
-        assert_eq!(s["cgroup_id"], id);
-        assert_eq!(s["subtree_cgroups"], 1);
-        assert_eq!(s["self_tx_packets"], c.tx_packets, "{s:?}");
-        assert_eq!(s["self_tx_bytes"], c.tx_bytes, "{s:?}");
-        assert_eq!(s["self_rx_packets"], 0, "{s:?}");
-        assert_eq!(s["tx_bytes"], c.tx_bytes, "{s:?}");
-        // The datagrams leave through our host veth: TC egress, same socket cgroup.
-        assert_eq!(s["self_tc_egress_packets"], c.tx_packets, "{s:?}");
-        assert_eq!(s["self_tc_egress_bytes"], c.tx_bytes, "{s:?}");
-        assert_eq!(s["self_tc_ingress_packets"], 0, "{s:?}");
-    }
-    // Subtree totals: the parent's file is the sum of its children.
-    let parent = w.stat("web.slice");
-    assert_eq!(parent["subtree_cgroups"], 3);
-    assert_eq!(parent["self_tx_packets"], 0);
-    for key in [
-        "tx_bytes",
-        "tx_packets",
-        "rx_bytes",
-        "rx_packets",
-        "tc_egress_bytes",
-        "tc_egress_packets",
-    ] {
-        assert_eq!(parent[key], s4[key] + s6[key], "{key}: {parent:?}");
-    }
-    assert_eq!(parent["tx_packets"], N4 + N6);
-    let top = w.stat("");
-    assert_eq!(top["subtree_cgroups"], 5);
-    assert_eq!(top["tx_bytes"], v4.tx_bytes + v6.tx_bytes);
-    let idle = w.stat("idle.scope");
-    assert_eq!((idle["tx_packets"], idle["rx_packets"]), (0, 0));
+    subtest("net_stat_of_each_sender", || {
+        for (s, c, id) in [
+            (&s4, &v4, w.cgroup_id("web.slice/v4.scope")),
+            (&s6, &v6, w.cgroup_id("web.slice/v6.scope")),
+        ] {
+            assert_eq!(s["cgroup_id"], id);
+            assert_eq!(s["subtree_cgroups"], 1);
+            assert_eq!(s["self_tx_packets"], c.tx_packets, "{s:?}");
+            assert_eq!(s["self_tx_bytes"], c.tx_bytes, "{s:?}");
+            assert_eq!(s["self_rx_packets"], 0, "{s:?}");
+            assert_eq!(s["tx_bytes"], c.tx_bytes, "{s:?}");
+            // The datagrams leave through our host veth: TC egress, same socket cgroup.
+            assert_eq!(s["self_tc_egress_packets"], c.tx_packets, "{s:?}");
+            assert_eq!(s["self_tc_egress_bytes"], c.tx_bytes, "{s:?}");
+            assert_eq!(s["self_tc_ingress_packets"], 0, "{s:?}");
+        }
+    });
+    subtest("subtree_totals_are_sums", || {
+        // Subtree totals: the parent's file is the sum of its children.
+        let parent = w.stat("web.slice");
+        assert_eq!(parent["subtree_cgroups"], 3);
+        assert_eq!(parent["self_tx_packets"], 0);
+        for key in [
+            "tx_bytes",
+            "tx_packets",
+            "rx_bytes",
+            "rx_packets",
+            "tc_egress_bytes",
+            "tc_egress_packets",
+        ] {
+            assert_eq!(parent[key], s4[key] + s6[key], "{key}: {parent:?}");
+        }
+        assert_eq!(parent["tx_packets"], N4 + N6);
+        let top = w.stat("");
+        assert_eq!(top["subtree_cgroups"], 5);
+        assert_eq!(top["tx_bytes"], v4.tx_bytes + v6.tx_bytes);
+        let idle = w.stat("idle.scope");
+        assert_eq!((idle["tx_packets"], idle["rx_packets"]), (0, 0));
+    });
 
     // 2. the pinned maps through the library
     let pins = Pins::new(&w.root, true);
-    let snap = read::snapshot(&pins).expect("snapshot");
-    assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v4.scope")], v4);
-    assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v6.scope")], v6);
-    let tc4 = Counters {
-        rx_bytes: 0,
-        rx_packets: 0,
-        tx_bytes: v4.tx_bytes,
-        tx_packets: N4,
-    };
-    assert_eq!(snap.tc_cgroups[&w.cgroup_id("web.slice/v4.scope")], tc4);
-    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", w.host_if))
-        .expect("ifindex")
-        .trim()
-        .parse()
-        .expect("number");
-    let iface = snap.interfaces[&ifindex];
-    // The interface also carries ARP/ND; our datagrams are a lower bound.
-    assert!(iface.tx_packets >= N4 + N6, "{iface:?}");
-    assert!(iface.tx_bytes >= v4.tx_bytes + v6.tx_bytes, "{iface:?}");
+    subtest("pinned_maps", || {
+        let snap = read::snapshot(&pins).expect("snapshot");
+        assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v4.scope")], v4);
+        assert_eq!(snap.cgroups[&w.cgroup_id("web.slice/v6.scope")], v6);
+        let tc4 = Counters {
+            rx_bytes: 0,
+            rx_packets: 0,
+            tx_bytes: v4.tx_bytes,
+            tx_packets: N4,
+        };
+        assert_eq!(snap.tc_cgroups[&w.cgroup_id("web.slice/v4.scope")], tc4);
+        let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", w.host_if))
+            .expect("ifindex")
+            .trim()
+            .parse()
+            .expect("number");
+        let iface = snap.interfaces[&ifindex];
+        // The interface also carries ARP/ND; our datagrams are a lower bound.
+        assert!(iface.tx_packets >= N4 + N6, "{iface:?}");
+        assert!(iface.tx_bytes >= v4.tx_bytes + v6.tx_bytes, "{iface:?}");
+    });
 
     // 3. bpftool
-    let dumped = bpftool_totals(&pins.map("CGROUP_STATS"));
-    assert_eq!(dumped[&w.cgroup_id("web.slice/v4.scope")], v4);
-    assert_eq!(dumped[&w.cgroup_id("web.slice/v6.scope")], v6);
+    subtest("bpftool_dump", || {
+        let dumped = bpftool_totals(&pins.map("CGROUP_STATS"));
+        assert_eq!(dumped[&w.cgroup_id("web.slice/v4.scope")], v4);
+        assert_eq!(dumped[&w.cgroup_id("web.slice/v6.scope")], v6);
+    });
 }
 
 #[test]
@@ -153,4 +164,38 @@ fn reads_are_live() {
     let s = w.stat("a.scope");
     assert_eq!(s["tx_packets"], 12);
     assert_eq!(s["tx_bytes"], 12 * (64 + 28));
+}
+
+/// The whole `net.stat` text of a cgroup and of its parent after known
+/// traffic: every key, in order, with the value it must have.
+#[test]
+fn net_stat_of_a_known_state_is_exactly_this_text() {
+    require_kernel!();
+    const N: u64 = 9;
+    const P: u64 = 300;
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    w.send_udp("a.scope", false, N as u32, P as usize);
+    let pins = Pins::new(&w.root, true);
+    let text = |rel: &str| std::fs::read_to_string(pins.stats_file(&w.cgroup(rel))).expect("read net.stat");
+    let (packets, bytes) = (N, N * (P + 28));
+    let expected = |id: u64, cgroups: u64, own: bool| {
+        let own = |v: u64| if own { v } else { 0 };
+        format!(
+            "cgroup_id {id}\nsubtree_cgroups {cgroups}\nremoved_cgroups 0\n\
+             rx_bytes 0\nrx_packets 0\ntx_bytes {bytes}\ntx_packets {packets}\n\
+             self_rx_bytes 0\nself_rx_packets 0\nself_tx_bytes {}\nself_tx_packets {}\n\
+             tc_ingress_bytes 0\ntc_ingress_packets 0\ntc_egress_bytes {bytes}\ntc_egress_packets {packets}\n\
+             self_tc_ingress_bytes 0\nself_tc_ingress_packets 0\nself_tc_egress_bytes {}\nself_tc_egress_packets {}\n\
+             veth_rx_bytes 0\nveth_rx_packets 0\nveth_tx_bytes 0\nveth_tx_packets 0\n\
+             self_veth_rx_bytes 0\nself_veth_rx_packets 0\nself_veth_tx_bytes 0\nself_veth_tx_packets 0\n",
+            own(bytes),
+            own(packets),
+            own(bytes),
+            own(packets),
+        )
+    };
+    assert_eq!(text("a.scope"), expected(w.cgroup_id("a.scope"), 1, true));
+    assert_eq!(text(""), expected(w.cgroup_id(""), 2, false));
 }

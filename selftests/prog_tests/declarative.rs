@@ -7,7 +7,7 @@ use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
 
 use crate::{
     require_kernel,
-    world::{sh, tcx, World},
+    world::{sh, subtest, tcx, World},
 };
 
 const CGROUPS: [&str; 2] = ["a.scope", "b.scope"];
@@ -96,76 +96,85 @@ fn drift_in_the_kernel_is_reported_and_repaired() {
     w.write_layout();
     w.apply();
     w.assert_converged(3);
-
-    // The veth deleted and created again under the same name: the pinned
-    // TCX links are defunct.
-    sh(&format!("ip link del {}", w.host_if));
-    w.add_veth();
-    // A stats file and a cgroup link pin removed by hand, a mode changed.
-    fs::remove_file(w.root.join(format!("{}/b.scope/net.stat", w.cgroup_root))).expect("rm stats file");
-    let cg_link = w.root.join(format!("links/cgroup/{}/egress", w.cgroup_id("")));
-    fs::remove_file(&cg_link).expect("rm link pin");
     let a_stat = w.root.join(format!("{}/a.scope/net.stat", w.cgroup_root));
-    fs::set_permissions(&a_stat, fs::Permissions::from_mode(0o666)).expect("chmod");
-    // Our program attached by hand to the wrong hook of another cgroup.
     let b = w.cgroup_mount.join(w.cgroup("b.scope"));
-    let prog = w.root.join("progs/cgacct_cg_ingress");
-    sh(&format!(
-        "bpftool cgroup attach {} egress pinned {} multi",
-        b.display(),
-        prog.display()
-    ));
 
-    let plan = w.plan();
-    let text = serde_json::to_string(&plan).expect("json");
-    let k = kinds(&plan);
-    let replaced = plan
-        .iter()
-        .filter(|a| a["action"] == "attach_tc" && a["replace"].is_string())
-        .count();
-    assert_eq!(
-        replaced, 2,
-        "TC attachments of the deleted veth not replaced: {text}"
-    );
-    let why = if tcx() {
-        "defunct"
-    } else {
-        "its clsact filter is gone"
-    };
-    assert!(text.contains(why), "{text}");
-    assert_eq!(k.iter().filter(|a| *a == "pin_stats").count(), 1, "{k:?}");
-    assert_eq!(k.iter().filter(|a| *a == "attach_cgroup").count(), 1, "{k:?}");
-    assert_eq!(k.iter().filter(|a| *a == "detach").count(), 1, "{k:?}");
-    assert_eq!(k.iter().filter(|a| *a == "set_access").count(), 1, "{k:?}");
-    assert_eq!(k.len(), 6, "{text}");
-    w.apply();
-    w.assert_converged(3);
-    assert_eq!(
-        fs::metadata(&a_stat).expect("stat").permissions().mode() & 0o777,
-        0o444
-    );
-    let show = sh(&format!("bpftool cgroup show {} -j", b.display()));
-    let show = String::from_utf8_lossy(&show.stdout);
-    assert!(matches!(show.trim(), "" | "[]"), "hand attachment left: {show}");
-    w.send_udp("a.scope", false, 5, 20);
-    let s = w.stat("a.scope");
-    assert_eq!((s["self_tx_packets"], s["self_tc_egress_packets"]), (5, 5));
+    subtest("drift_is_made", || {
+        // The veth deleted and created again under the same name: the pinned
+        // TCX links are defunct.
+        sh(&format!("ip link del {}", w.host_if));
+        w.add_veth();
+        // A stats file and a cgroup link pin removed by hand, a mode changed.
+        fs::remove_file(w.root.join(format!("{}/b.scope/net.stat", w.cgroup_root))).expect("rm stats file");
+        let cg_link = w.root.join(format!("links/cgroup/{}/egress", w.cgroup_id("")));
+        fs::remove_file(&cg_link).expect("rm link pin");
+        fs::set_permissions(&a_stat, fs::Permissions::from_mode(0o666)).expect("chmod");
+        // Our program attached by hand to the wrong hook of another cgroup.
+        let prog = w.root.join("progs/cgacct_cg_ingress");
+        sh(&format!(
+            "bpftool cgroup attach {} egress pinned {} multi",
+            b.display(),
+            prog.display()
+        ));
+    });
 
-    // A cgroup removed while its stats file is pinned, and one dropped from
-    // the layout: both stats files go.
-    fs::remove_dir(&b).expect("rmdir b.scope");
-    let text = format!(
+    subtest("plan_names_each_drift", || {
+        let plan = w.plan();
+        let text = serde_json::to_string(&plan).expect("json");
+        let k = kinds(&plan);
+        let replaced = plan
+            .iter()
+            .filter(|a| a["action"] == "attach_tc" && a["replace"].is_string())
+            .count();
+        assert_eq!(
+            replaced, 2,
+            "TC attachments of the deleted veth not replaced: {text}"
+        );
+        let why = if tcx() {
+            "defunct"
+        } else {
+            "its clsact filter is gone"
+        };
+        assert!(text.contains(why), "{text}");
+        assert_eq!(k.iter().filter(|a| *a == "pin_stats").count(), 1, "{k:?}");
+        assert_eq!(k.iter().filter(|a| *a == "attach_cgroup").count(), 1, "{k:?}");
+        assert_eq!(k.iter().filter(|a| *a == "detach").count(), 1, "{k:?}");
+        assert_eq!(k.iter().filter(|a| *a == "set_access").count(), 1, "{k:?}");
+        assert_eq!(k.len(), 6, "{text}");
+    });
+
+    subtest("apply_repairs_it_and_counting_goes_on", || {
+        w.apply();
+        w.assert_converged(3);
+        assert_eq!(
+            fs::metadata(&a_stat).expect("stat").permissions().mode() & 0o777,
+            0o444
+        );
+        let show = sh(&format!("bpftool cgroup show {} -j", b.display()));
+        let show = String::from_utf8_lossy(&show.stdout);
+        assert!(matches!(show.trim(), "" | "[]"), "hand attachment left: {show}");
+        w.send_udp("a.scope", false, 5, 20);
+        let s = w.stat("a.scope");
+        assert_eq!((s["self_tx_packets"], s["self_tc_egress_packets"]), (5, 5));
+    });
+
+    subtest("removed_and_dropped_cgroups_lose_their_files", || {
+        // A cgroup removed while its stats file is pinned, and one dropped from
+        // the layout: both stats files go.
+        fs::remove_dir(&b).expect("rmdir b.scope");
+        let text = format!(
         "root = {:?}\n[tc]\ninterfaces = [{:?}]\n[cgroup_skb]\nattach = [\"/{}\"]\n[stats]\ncgroups = [\"/{}\"]\n",
         w.root, w.host_if, w.cgroup_root, w.cgroup_root
     );
-    fs::write(&w.layout, text).expect("layout");
-    let plan = w.plan();
-    let text = serde_json::to_string(&plan).expect("json");
-    assert_eq!(kinds(&plan), ["unpin", "unpin"], "{text}");
-    assert!(text.contains("its cgroup was removed"), "{text}");
-    assert!(text.contains("no longer in stats.cgroups"), "{text}");
-    w.apply();
-    w.assert_converged(1);
+        fs::write(&w.layout, text).expect("layout");
+        let plan = w.plan();
+        let text = serde_json::to_string(&plan).expect("json");
+        assert_eq!(kinds(&plan), ["unpin", "unpin"], "{text}");
+        assert!(text.contains("its cgroup was removed"), "{text}");
+        assert!(text.contains("no longer in stats.cgroups"), "{text}");
+        w.apply();
+        w.assert_converged(1);
+    });
 }
 
 #[test]
