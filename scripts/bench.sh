@@ -2,9 +2,9 @@
 # Runs cgacct's benchmark suite and prints one table (Markdown) of medians,
 # spreads and ratios, each goal marked met or MISSED. See BENCHMARKS.md.
 #
-#   sudo scripts/bench.sh                 the full suite (about 15 minutes)
-#   sudo scripts/bench.sh --smoke         every measurement, tiny (CI)
-#   sudo scripts/bench.sh --only packet   one section (packet, throughput,
+#   scripts/bench.sh                 the full suite (about 15 minutes)
+#   scripts/bench.sh --smoke         every measurement, tiny (CI)
+#   scripts/bench.sh --only packet   one section (packet, throughput,
 #                                         attach, reads, watch, memory)
 #
 # Installs what it needs first (scripts/setup.sh, then iperf3 and strace),

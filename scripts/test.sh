@@ -4,7 +4,7 @@
 # and remove them on every exit path. Needs root; installs what is missing
 # first (scripts/setup.sh).
 #
-#   sudo scripts/test.sh [extra cargo test args]
+#   scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -6,7 +6,7 @@
 # everything it makes has a unique prefix and is removed on every exit path
 # (the selftest world's Drop).
 #
-#   sudo scripts/watch-latency.sh
+#   scripts/watch-latency.sh
 #   sudo CGACCT_WATCH_EVENTS=200 scripts/watch-latency.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
