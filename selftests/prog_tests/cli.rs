@@ -200,3 +200,34 @@ fn output_closed_early_ends_quietly_and_apply_still_finishes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     w.cgacct(&["destroy", "--root", &root]);
 }
+
+/// README's quick start is typed as root on a fresh machine, which has no
+/// sudo: every command there is a script of this repository, run as is.
+#[test]
+fn the_quick_start_runs_as_root_without_sudo() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = fs::read_to_string(repo.join("README.md")).expect("README.md");
+    let start = readme.find("## Quick start").expect("a Quick start section");
+    let block = readme[start..]
+        .split("```")
+        .nth(1)
+        .expect("a code block in Quick start");
+    let commands: Vec<&str> = block.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "two commands: {commands:?}");
+    for line in commands {
+        let cmd = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            cmd.starts_with("scripts/"),
+            "{line:?} is not one of our scripts run as is"
+        );
+        let mode = fs::metadata(repo.join(cmd)).expect(cmd).permissions().mode();
+        assert!(mode & 0o100 != 0, "{cmd} is not executable");
+        let text = fs::read_to_string(repo.join(cmd)).expect(cmd);
+        let runs_sudo = text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("sudo ") || l.contains("&& sudo ") || l.contains("| sudo ")
+        });
+        assert!(!runs_sudo, "{cmd} runs sudo");
+    }
+}
