@@ -5,9 +5,12 @@
 #   scripts/setup.sh            install what is missing
 #
 # Steps: apt packages (LLVM 22 for bpf-linker, bpftool, iproute2, test tools,
-# prometheus for the exporter test: only its binary is used),
+# prometheus for the exporter test: only its binary is used; docker.io for
+# the image and the daemonset test, which runs a dockerd of its own),
 # rust-src for the nightly toolchain (kernel-side build), bpf-linker built
-# against LLVM 22, bpffs mounted at /sys/fs/bpf.
+# against LLVM 22, kubernetes-validate (PyPI) in a venv at
+# /opt/kubernetes-validate for the deploy/ manifests, bpffs mounted at
+# /sys/fs/bpf.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -15,7 +18,9 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, mount); try: sudo $0"
 
-APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus)
+APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus docker.io podman busybox-static)
+# Debian's pip is externally managed: kubernetes-validate goes into a venv.
+APT_PACKAGES+=(python3-venv)
 
 # shellcheck source=scripts/apt-install.sh
 . "$(dirname "$0")/apt-install.sh"
@@ -37,6 +42,19 @@ if ! command -v bpf-linker >/dev/null; then
     || die "cargo install bpf-linker failed; is llvm-22-dev installed?"
 else
   say "bpf-linker present: $(bpf-linker --version 2>/dev/null | head -n1)"
+fi
+
+# Validates deploy/*.yaml offline against bundled Kubernetes schemas
+# (.ci/run: kubernetes-validate --strict deploy/*.yaml).
+KV_VENV=/opt/kubernetes-validate
+KV_VERSION=1.37.0
+if [ "$("$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null)" = "$KV_VERSION" ]; then
+  say "kubernetes-validate $KV_VERSION present in $KV_VENV"
+else
+  say "installing kubernetes-validate $KV_VERSION into the venv $KV_VENV"
+  /usr/bin/python3 -m venv "$KV_VENV" || die "python3 -m venv $KV_VENV failed; is python3-venv installed?"
+  "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION" \
+    || die "pip install kubernetes-validate==$KV_VERSION failed (PyPI reachable?)"
 fi
 
 if ! grep -q ' - bpf ' /proc/self/mountinfo; then

@@ -378,18 +378,38 @@ impl World {
     /// process placed in cgroup `rel`, with a receiver in the netns taking
     /// them all (so no ICMP errors come back). Returns when all arrived.
     pub fn send_udp(&self, rel: &str, v6: bool, count: u32, payload: usize) {
+        self.send_udp_to(rel, None, v6, count, payload);
+    }
+
+    /// `send_udp`, with the receiver placed in cgroup `receiver` (a
+    /// container's cgroup: the veth's owner stays the one cgroup of the
+    /// netns's processes) instead of the test's own.
+    pub fn send_udp_to(&self, rel: &str, receiver: Option<&str>, v6: bool, count: u32, payload: usize) {
         let (fam, addr) = if v6 {
             ("AF_INET6", self.ipv6_peer())
         } else {
             ("AF_INET", self.ipv4_peer())
         };
         let port = 40000 + self.n;
-        let receiver = format!(
+        let receiver_code = format!(
             "import socket,sys\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\ns.bind(('{addr}',{port}))\n\
              s.settimeout(10)\nprint('ready',flush=True)\nn=0\nwhile n<{count}:\n    s.recv(65536); n+=1\nprint(n)\n"
         );
-        let mut rx = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "python3", "-c", &receiver])
+        let mut rx = match receiver {
+            None => Command::new("ip"),
+            Some(r) => {
+                // Joins the cgroup, then the netns (which hides cgroupfs).
+                let procs = self.cgroup_mount.join(self.cgroup(r)).join("cgroup.procs");
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("echo $$ > {}; exec \"$@\"", procs.display()))
+                    .arg("sh")
+                    .arg("ip");
+                c
+            }
+        };
+        let mut rx = rx
+            .args(["netns", "exec", &self.netns, "python3", "-c", &receiver_code])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn receiver");

@@ -24,7 +24,7 @@ impl Drop for Reaped {
 }
 
 /// A temporary directory removed on every exit path.
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -10,6 +10,7 @@ mod attribution;
 mod bad_input;
 mod cli;
 mod counts;
+mod daemonset;
 mod declarative;
 mod export;
 mod faults;
