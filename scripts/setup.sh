@@ -5,7 +5,9 @@
 #   scripts/setup.sh            install what is missing
 #
 # Steps: apt packages (LLVM 22 for bpf-linker, bpftool, iproute2, test tools,
-# prometheus for the exporter test: only its binary is used),
+# prometheus for the exporter test, docker.io, podman (with netavark, its
+# podman0 bridge) and busybox-static for the containers test: only their
+# binaries are used, services that installing started are stopped),
 # rust-src for the nightly toolchain (kernel-side build), bpf-linker built
 # against LLVM 22, bpffs mounted at /sys/fs/bpf.
 set -euo pipefail
@@ -15,11 +17,18 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, mount); try: sudo $0"
 
-APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus)
+APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus
+  docker.io podman netavark busybox-static)
 
 # shellcheck source=scripts/apt-install.sh
 . "$(dirname "$0")/apt-install.sh"
 apt_install_missing setup "${APT_PACKAGES[@]}" || exit 1
+# The exporter test runs /usr/bin/prometheus standalone; the containers test
+# starts dockerd itself when none runs (and stops it after) and runs podman
+# without a service. A daemon that installing started is not wanted.
+stop_started_services setup prometheus:prometheus.service \
+  docker.io:docker.socket,docker.service,containerd.service \
+  podman:podman.socket,podman.service
 
 command -v rustup >/dev/null || die "rustup not found; install Rust with rustup first"
 rustup toolchain list | grep -q '^nightly' || { say "installing nightly toolchain"; rustup toolchain install nightly --profile minimal || die "rustup toolchain install nightly failed"; }
