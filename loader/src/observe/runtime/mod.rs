@@ -12,7 +12,11 @@
 //! (the three are asked in parallel). Callers that must never wait use a
 //! [`resolver::Resolver`], which asks in a thread of its own; names it saw
 //! are remembered on disk ([`memory`]) for the records of removed cgroups.
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +215,26 @@ pub fn query(sources: &Sources) -> Table {
     t.pods = pods;
     t.answers.push(answer);
     t
+}
+
+/// Asks every runtime now (bounded, for one-shot commands), remembers what
+/// they said for `root`, and adds what was remembered.
+pub fn ask_for(root: &Path) -> Table {
+    let mut t = query(&Sources::host());
+    let file = memory::path(root);
+    if let Err(e) = memory::remember(&file, &mut t) {
+        eprintln!(
+            "cgacct-pin: warning: cannot remember container names in {}: {e}",
+            file.display()
+        );
+    }
+    t
+}
+
+/// A resolver for `root` (long-running commands): asks in its own thread
+/// and remembers what it learns.
+pub fn resolver_for(root: &Path) -> resolver::Resolver {
+    resolver::Resolver::start(Sources::host(), Some(memory::path(root)))
 }
 
 #[cfg(test)]
