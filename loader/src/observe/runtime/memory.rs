@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -130,7 +131,13 @@ impl Memory {
         }
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            // Root's alone, as the runtimes' own records are.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&serde_json::to_vec(self)?)?;
             f.sync_data()?;
             fs::rename(&tmp, file)
