@@ -241,7 +241,10 @@ impl<'a> Image<'a> {
         let stdout = tar.stdout.take().expect("tar stdout");
         let mut tar = Reaped(tar);
         world::run(rt.cmd().args(["import", "-", &image.name]).stdin(stdout));
-        assert!(tar.0.wait().is_ok_and(|s| s.success()), "tar of the rootfs failed");
+        assert!(
+            tar.0.wait().is_ok_and(|s| s.success()),
+            "tar of the rootfs failed"
+        );
         image
     }
 
