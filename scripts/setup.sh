@@ -5,8 +5,10 @@
 #   scripts/setup.sh            install what is missing
 #
 # Steps: apt packages (LLVM 22 for bpf-linker, bpftool, iproute2, test tools,
-# prometheus for the exporter test: only its binary is used; docker.io for
-# the image and the daemonset test, which runs a dockerd of its own),
+# prometheus for the exporter test, docker.io, podman (with netavark, its
+# podman0 bridge) and busybox-static for the image, daemonset and containers
+# tests: only their binaries are used, services that installing started are
+# stopped),
 # rust-src for the nightly toolchain (kernel-side build), bpf-linker built
 # against LLVM 22, kubernetes-validate (PyPI) in a venv at
 # /opt/kubernetes-validate for the deploy/ manifests, bpffs mounted at
@@ -18,13 +20,20 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, mount); try: sudo $0"
 
-APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus docker.io podman busybox-static)
+APT_PACKAGES=(llvm-22-dev libzstd-dev zlib1g-dev bpftool iproute2 iputils-ping procps util-linux python3 strace prometheus
+  docker.io podman netavark busybox-static)
 # Debian's pip is externally managed: kubernetes-validate goes into a venv.
 APT_PACKAGES+=(python3-venv)
 
 # shellcheck source=scripts/apt-install.sh
 . "$(dirname "$0")/apt-install.sh"
 apt_install_missing setup "${APT_PACKAGES[@]}" || exit 1
+# The exporter test runs /usr/bin/prometheus standalone; the containers test
+# starts dockerd itself when none runs (and stops it after) and runs podman
+# without a service. A daemon that installing started is not wanted.
+stop_started_services setup prometheus:prometheus.service \
+  docker.io:docker.socket,docker.service,containerd.service \
+  podman:podman.socket,podman.service
 
 command -v rustup >/dev/null || die "rustup not found; install Rust with rustup first"
 rustup toolchain list | grep -q '^nightly' || { say "installing nightly toolchain"; rustup toolchain install nightly --profile minimal || die "rustup toolchain install nightly failed"; }

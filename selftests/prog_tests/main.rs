@@ -9,6 +9,7 @@ mod access;
 mod attribution;
 mod bad_input;
 mod cli;
+mod containers;
 mod counts;
 mod daemonset;
 mod declarative;

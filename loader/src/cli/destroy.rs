@@ -5,7 +5,7 @@ use super::{invalid, say, Done, Failure, RootArg};
 use crate::{
     apply::{self, Partial},
     bpffs::root::{self, RootLock},
-    observe::{host, Observed},
+    observe::{host, runtime::memory, Observed},
     spec::Layout,
 };
 
@@ -37,6 +37,13 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     l.root = root.clone();
     let o = Observed::discover(&l)?;
     let (removed, left) = apply::destroy(&o)?;
+    // The names remembered for the root's records of removed cgroups.
+    if let Err(e) = memory::forget(&root) {
+        eprintln!(
+            "cgacct-pin: warning: removing {}: {e}",
+            memory::path(&root).display()
+        );
+    }
     for s in &o.held.strays {
         say(format_args!("detached program id {} from {}", s.prog_id, s.hook));
     }

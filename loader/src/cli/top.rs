@@ -9,7 +9,9 @@ use crate::report::top::{self, Options, SortBy, Source};
 #[derive(clap::Args)]
 #[command(
     after_help = "Example:\n  cgacct-pin top\n  cgacct-pin top --once --interval 5\n  cgacct-pin top --json --once | jq '.cgroups[0]'\n\n\
-Rates are each cgroup's own traffic. Names: systemd units, docker:<id>, containerd:<id>, pod:<uid>."
+Rates are each cgroup's own traffic. Names: what the container runtimes call the container \
+(docker, podman, namespace/pod/container from the kubelet), else systemd units, docker:<id>, \
+containerd:<id>, pod:<uid>."
 )]
 pub struct Args {
     #[command(flatten)]

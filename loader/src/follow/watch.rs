@@ -28,7 +28,7 @@ use super::{
 use crate::{
     apply::{self, owners, prune},
     bpffs::{self, root::RootLock, Direction},
-    observe::{held, host, Cgroup, Interface, Observed},
+    observe::{held, host, runtime, Cgroup, Interface, Observed},
     plan::{
         self,
         hooks::{Ctx, Hooks},
@@ -67,6 +67,9 @@ pub struct Watcher {
     links: LinkEvents,
     opts: Options,
     owners_due: Option<Instant>,
+    /// Names of containers, asked when their cgroups appear and
+    /// remembered for the records of removed cgroups.
+    names: runtime::resolver::Resolver,
 }
 
 impl Watcher {
@@ -81,7 +84,9 @@ impl Watcher {
         bpffs::root::check_on_bpffs(&layout.root)?;
         bpffs::root::create(&layout.root)?;
         let obs = Observed::discover(&layout)?;
+        let names = runtime::resolver_for(&layout.root);
         Ok(Watcher {
+            names,
             layout,
             obs,
             tree,
@@ -176,6 +181,8 @@ impl Watcher {
         }
         self.run_actions(&actions);
         self.converge_owners();
+        // Containers made while events were lost, or while no one watched.
+        self.names.refresh();
         match prune::prune(&self.obs.pins, self.opts.keep_removed) {
             Ok(0) => {}
             Ok(n) => log(&format!("pruned {n} records of removed cgroups")),
@@ -288,6 +295,7 @@ impl Watcher {
         if cgroups.is_empty() && links.is_empty() {
             return Ok(());
         }
+        super::look_for(&self.names, &self.tree, &cgroups);
         let lock = self.lock()?;
         self.refresh()?;
         let actions = self.actions_for(&cgroups, &links)?;

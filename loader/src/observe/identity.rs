@@ -11,6 +11,7 @@
 //! | `/system.slice/docker-<64 hex>.scope`, `/docker/<64 hex>`        | docker container |
 //! | `/…/cri-containerd-<64 hex>.scope`                               | containerd (CRI) container |
 //! | `/…/crio-<64 hex>.scope`, `/…/libpod-<64 hex>.scope`             | CRI-O, podman container |
+//! | `/libpod_parent/libpod-<64 hex>`                                 | podman container (cgroupfs manager) |
 //! | `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid with _>.slice` | Kubernetes pod |
 //! | `/kubepods/burstable/pod<uid>/<64 hex>`                          | pod, and a container in it |
 //!
@@ -78,6 +79,10 @@ pub fn identify(path: &str) -> Identity {
         is_container_id(hex).then(|| (*runtime, hex.to_string()))
     });
     let container = container.or_else(|| {
+        // podman's cgroupfs manager: `/libpod_parent/libpod-<id>`.
+        if let Some(hex) = last.strip_prefix("libpod-").filter(|h| is_container_id(h)) {
+            return Some(("podman", hex.to_string()));
+        }
         // cgroupfs driver: a bare id, under /docker/ or a pod directory.
         if !is_container_id(last) {
             return None;
@@ -175,6 +180,23 @@ mod tests {
         let i = identify("/system.slice/docker-compose.scope");
         assert_eq!((i.runtime, i.name.as_str()), (None, "docker-compose.scope"));
         assert_eq!(identify(&format!("/elsewhere/{CID}")).container_id, None);
+    }
+
+    #[test]
+    fn podman_both_managers() {
+        for path in [
+            format!("/machine.slice/libpod-{CID}.scope"),
+            format!("/libpod_parent/libpod-{CID}"),
+        ] {
+            let i = identify(&path);
+            assert_eq!(
+                (i.runtime, i.container_id.as_deref()),
+                (Some("podman"), Some(CID)),
+                "{path}"
+            );
+            assert_eq!(i.name, format!("podman:{}", &CID[..12]));
+        }
+        assert_eq!(identify("/libpod_parent/libpod-conmon").container_id, None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What is: the host ([`host`]: mounts, privileges, interfaces, cgroups),
 //! the running kernel ([`kernel`]: BTF offsets, CPUs), what the kernel holds
 //! under a root ([`held`]), names of cgroups from their paths
-//! ([`identity`]) and rtnetlink requests ([`rtnl`]). Only reads.
+//! ([`identity`]), names container runtimes know for them ([`runtime`])
+//! and rtnetlink requests ([`rtnl`]). Only reads (and remembers runtimes'
+//! names in a cache file of its own, [`runtime::memory`]).
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -17,6 +19,7 @@ pub mod host;
 pub mod identity;
 pub mod kernel;
 pub mod rtnl;
+pub mod runtime;
 
 pub use held::Held;
 pub use host::{Cgroup, Interface};

@@ -18,7 +18,10 @@ use super::read::{self, Snapshot};
 use crate::{
     bpffs::Pins,
     follow::cgroup_tree::{CgroupTree, Entry},
-    observe::host,
+    observe::{
+        host,
+        runtime::{self, resolver::Resolver, Table},
+    },
 };
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -66,17 +69,26 @@ pub fn escape_label(v: &str) -> String {
 }
 
 /// Labels naming one cgroup: `cgroup` (its path), `name`, and `unit`,
-/// `container_id`, `pod_uid` where known.
-fn cgroup_labels(e: &Entry) -> Vec<(&'static str, String)> {
-    let mut l = vec![("cgroup", e.display()), ("name", e.identity.name.clone())];
-    if let Some(u) = &e.identity.unit {
-        l.push(("unit", u.clone()));
-    }
-    if let Some(c) = &e.identity.container_id {
-        l.push(("container_id", c.clone()));
-    }
-    if let Some(p) = &e.identity.pod_uid {
-        l.push(("pod_uid", p.clone()));
+/// `container_id`, `pod_uid`, and the runtimes' `container_name`,
+/// `compose_project`, `compose_service`, `pod_namespace`, `pod_name` where
+/// known.
+fn cgroup_labels(e: &Entry, names: &Table) -> Vec<(&'static str, String)> {
+    let k = names.known(&e.identity);
+    let mut l = vec![("cgroup", e.display()), ("name", k.identity.name)];
+    let n = k.names;
+    for (key, v) in [
+        ("unit", k.identity.unit),
+        ("container_id", k.identity.container_id),
+        ("pod_uid", k.identity.pod_uid),
+        ("container_name", n.container_name),
+        ("compose_project", n.compose_project),
+        ("compose_service", n.compose_service),
+        ("pod_namespace", n.pod_namespace),
+        ("pod_name", n.pod_name),
+    ] {
+        if let Some(v) = v {
+            l.push((key, v));
+        }
     }
     l
 }
@@ -90,11 +102,12 @@ fn cgroup_families(
     dirs: [&str; 2],
     map: &BTreeMap<u64, Counters>,
     tree: &CgroupTree,
+    names: &Table,
 ) {
     let rows: Vec<(Vec<(&str, String)>, &Counters)> = map
         .iter()
         .filter(|(id, _)| **id != UNATTRIBUTED_CGROUP)
-        .filter_map(|(id, c)| tree.get(*id).map(|e| (cgroup_labels(e), c)))
+        .filter_map(|(id, c)| tree.get(*id).map(|e| (cgroup_labels(e, names), c)))
         .collect();
     for (unit, pick) in [
         (
@@ -120,7 +133,7 @@ fn cgroup_families(
 }
 
 /// The exposition text of one scrape.
-pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String>) -> String {
+pub fn render(snap: &Snapshot, tree: &CgroupTree, names: &Table, ifnames: &BTreeMap<u32, String>) -> String {
     let mut out = String::new();
     cgroup_families(
         &mut out,
@@ -129,6 +142,7 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String
         ["rx", "tx"],
         &snap.cgroups,
         tree,
+        names,
     );
     cgroup_families(
         &mut out,
@@ -138,6 +152,7 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String
         ["ingress", "egress"],
         &snap.tc_cgroups,
         tree,
+        names,
     );
     cgroup_families(
         &mut out,
@@ -147,6 +162,7 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String
         ["rx", "tx"],
         &snap.veth,
         tree,
+        names,
     );
     let none = snap
         .tc_cgroups
@@ -199,15 +215,17 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, ifnames: &BTreeMap<u32, String
     out
 }
 
-/// What one scrape reads.
-pub fn scrape(pins: &Pins, tree: &mut CgroupTree) -> Result<String> {
-    tree.drain().context("following cgroupfs")?;
+/// What one scrape reads. Names are the resolver's latest: a scrape never
+/// waits for a runtime.
+pub fn scrape(pins: &Pins, tree: &mut CgroupTree, names: &Resolver) -> Result<String> {
+    let changes = tree.drain().context("following cgroupfs")?;
+    crate::follow::look_for(names, tree, &changes);
     let snap = read::snapshot(pins).context("reading the pinned maps")?;
     let ifnames = host::interfaces()?
         .into_iter()
         .map(|i| (i.ifindex, i.name))
         .collect();
-    Ok(render(&snap, tree, &ifnames))
+    Ok(render(&snap, tree, &names.table(), &ifnames))
 }
 
 /// Serves `/metrics` on `listen` until killed. Prints the bound address
@@ -222,6 +240,7 @@ pub fn serve(root: &Path, listen: &str) -> Result<()> {
     let dots = crate::bpffs::names::probe_dots(root)?;
     let pins = Pins::new(root, dots);
     let mut tree = CgroupTree::follow(&host::cgroup2_mount()?)?;
+    let names = runtime::resolver_for(root);
     // Fail now, not at the first scrape, if the maps cannot be read.
     read::snapshot(&pins).context("reading the pinned maps")?;
     let server = tiny_http::Server::http(listen)
@@ -231,14 +250,16 @@ pub fn serve(root: &Path, listen: &str) -> Result<()> {
     std::io::stdout().flush()?;
     loop {
         let Some(req) = server.recv_timeout(Duration::from_secs(1))? else {
-            // Keep the inotify queue short between scrapes.
-            tree.drain().context("following cgroupfs")?;
+            // Keep the inotify queue short between scrapes; look new
+            // containers up before they are scraped.
+            let changes = tree.drain().context("following cgroupfs")?;
+            crate::follow::look_for(&names, &tree, &changes);
             continue;
         };
         let path = req.url().split('?').next().unwrap_or("");
         let response =
             match (req.method(), path) {
-                (tiny_http::Method::Get, "/metrics") => match scrape(&pins, &mut tree) {
+                (tiny_http::Method::Get, "/metrics") => match scrape(&pins, &mut tree, &names) {
                     Ok(text) => tiny_http::Response::from_string(text)
                         .with_header(header("Content-Type", CONTENT_TYPE)),
                     Err(e) => tiny_http::Response::from_string(format!("scrape failed: {e:#}\n"))
@@ -271,6 +292,48 @@ mod tests {
     }
 
     #[test]
+    fn runtime_names_become_labels() {
+        const CID: &str = "4c4367d78267a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f607182930";
+        let d = std::env::temp_dir().join(format!("cgacct-metrics-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("docker").join(CID)).expect("mkdir");
+        let tree = CgroupTree::scan(&d).expect("scan");
+        let id = tree.by_path(&format!("docker/{CID}")).expect("entry").id;
+        let mut snap = Snapshot::default();
+        snap.veth.insert(
+            id,
+            Counters {
+                rx_bytes: 7,
+                ..Counters::default()
+            },
+        );
+        let mut names = Table::default();
+        names.containers.insert(
+            CID.into(),
+            runtime::Names {
+                container_name: Some("hd-web".into()),
+                compose_project: Some("hd".into()),
+                compose_service: Some("web".into()),
+                ..runtime::Names::default()
+            },
+        );
+        let text = render(&snap, &tree, &names, &BTreeMap::new());
+        let want = format!(
+            "cgacct_veth_bytes_total{{cgroup=\"/docker/{CID}\",name=\"hd-web\",container_id=\"{CID}\",\
+             container_name=\"hd-web\",compose_project=\"hd\",compose_service=\"web\",direction=\"rx\"}} 7"
+        );
+        assert!(text.lines().any(|l| l == want), "missing {want:?} in\n{text}");
+        // Without the runtime's answer: the name from the path, no runtime labels.
+        let text = render(&snap, &tree, &Table::default(), &BTreeMap::new());
+        let want = format!(
+            "cgacct_veth_bytes_total{{cgroup=\"/docker/{CID}\",name=\"docker:4c4367d78267\",\
+             container_id=\"{CID}\",direction=\"rx\"}} 7"
+        );
+        assert!(text.lines().any(|l| l == want), "missing {want:?} in\n{text}");
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
     fn exposition_of_a_snapshot() {
         let d = std::env::temp_dir().join(format!("cgacct-metrics-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -290,7 +353,7 @@ mod tests {
         snap.tc_cgroups.insert(UNATTRIBUTED_CGROUP, c);
         snap.interfaces.insert(7, c);
         let ifnames = BTreeMap::from([(7, "veth0".to_string())]);
-        let text = render(&snap, &tree, &ifnames);
+        let text = render(&snap, &tree, &Table::default(), &ifnames);
         let l = r#"cgroup="/system.slice/web.service",name="web.service",unit="web.service""#;
         for want in [
             "# TYPE cgacct_socket_bytes_total counter".to_string(),

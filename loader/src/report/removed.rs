@@ -7,7 +7,15 @@ use anyhow::Result;
 use cgacct_common::{Counters, Totals};
 use serde::Serialize;
 
-use crate::{apply::prune, bpffs::Pins, sys::os::clock_ns};
+use crate::{
+    apply::prune,
+    bpffs::Pins,
+    observe::{
+        identity::identify,
+        runtime::{self, Known, Table},
+    },
+    sys::os::clock_ns,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -15,6 +23,10 @@ pub struct Record {
     pub parent_id: u64,
     /// "/a/b", as the kernel printed it at removal.
     pub cgroup: String,
+    /// What the path says (`name`, `container_id`, ...) and what the
+    /// runtimes said of its container while it lived (`container_name`, ...).
+    #[serde(flatten)]
+    pub known: Known,
     /// Seconds since the epoch (from CLOCK_BOOTTIME at removal).
     pub removed_at: f64,
     /// Seconds since removal.
@@ -62,8 +74,8 @@ impl From<Totals> for TotalsOut {
     }
 }
 
-/// Every record, newest first.
-pub fn list(pins: &Pins) -> Result<Vec<Record>> {
+/// Every record, newest first, named from `names`.
+pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
     let map = prune::open(pins)?;
     let boot = clock_ns(libc::CLOCK_BOOTTIME);
     let real = clock_ns(libc::CLOCK_REALTIME);
@@ -72,10 +84,12 @@ pub fn list(pins: &Pins) -> Result<Vec<Record>> {
         let (id, r) = entry?;
         let end = r.path.iter().position(|b| *b == 0).unwrap_or(r.path.len());
         let age = boot.saturating_sub(r.removed_at_ns);
+        let cgroup = String::from_utf8_lossy(&r.path[..end]).into_owned();
         out.push(Record {
             id,
             parent_id: r.parent_id,
-            cgroup: String::from_utf8_lossy(&r.path[..end]).into_owned(),
+            known: names.known(&identify(&cgroup)),
+            cgroup,
             removed_at: real.saturating_sub(age) as f64 / 1e9,
             age_seconds: age as f64 / 1e9,
             descendants: r.descendants,
@@ -96,20 +110,29 @@ pub fn show(root: &Path, json: bool) -> Result<()> {
         );
     }
     let pins = Pins::new(root, crate::bpffs::names::probe_dots(root)?);
-    let records = list(&pins)?;
+    // The runtimes still list stopped containers; removed ones are named
+    // from what was remembered while they lived.
+    let records = list(&pins, &runtime::ask_for(root))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());
     }
     println!(
-        "{:>8} {:>12} {:>8} {:>12} {:>8} {:>5}  cgroup",
-        "age_s", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts", "desc"
+        "{:>8} {:>12} {:>8} {:>12} {:>8} {:>5}  {:<28} cgroup",
+        "age_s", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts", "desc", "name"
     );
     for r in records {
         let s = &r.subtree.socket;
         println!(
-            "{:>8.1} {:>12} {:>8} {:>12} {:>8} {:>5}  {}",
-            r.age_seconds, s.rx_bytes, s.rx_packets, s.tx_bytes, s.tx_packets, r.descendants, r.cgroup
+            "{:>8.1} {:>12} {:>8} {:>12} {:>8} {:>5}  {:<28} {}",
+            r.age_seconds,
+            s.rx_bytes,
+            s.rx_packets,
+            s.tx_bytes,
+            s.tx_packets,
+            r.descendants,
+            r.known.identity.name,
+            r.cgroup
         );
     }
     Ok(())

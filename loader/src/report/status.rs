@@ -10,7 +10,11 @@ use super::read::{self, Snapshot};
 use crate::{
     bpffs::{names, walk::Tree, Pins},
     object,
-    observe::{held, host},
+    observe::{
+        held, host,
+        identity::identify,
+        runtime::{self, Table},
+    },
     tc,
 };
 
@@ -25,6 +29,8 @@ struct Status {
     stats_files: usize,
     snap: Snapshot,
     names: BTreeMap<u64, String>,
+    /// What the container runtimes say about the cgroups.
+    runtimes: Table,
     ifnames: BTreeMap<u32, String>,
 }
 
@@ -56,6 +62,7 @@ impl Status {
             stats_files: tree.stats_files(&pins).len(),
             snap: read::snapshot(&pins).context("reading the pinned maps")?,
             names: host::cgroup_names(&host::cgroup2_mount()?)?,
+            runtimes: runtime::ask_for(root),
             ifnames: host::interfaces()?
                 .into_iter()
                 .map(|i| (i.ifindex, i.name))
@@ -71,6 +78,31 @@ impl Status {
                 .get(&id)
                 .cloned()
                 .unwrap_or_else(|| format!("(removed cgroup {id})")),
+        }
+    }
+
+    /// The cgroup's identity and the runtimes' names, as JSON fields.
+    fn known(&self, id: u64) -> serde_json::Value {
+        let known = self
+            .names
+            .get(&id)
+            .map(|path| self.runtimes.known(&identify(path)));
+        match known.and_then(|k| serde_json::to_value(k).ok()) {
+            Some(v) => v,
+            None => json!({"name": self.cgroup_name(id)}),
+        }
+    }
+
+    /// The last column of the text tables: the path, and the name people
+    /// know when the path's last component is not it.
+    fn label(&self, id: u64) -> String {
+        let path = self.cgroup_name(id);
+        let Some(p) = self.names.get(&id) else { return path };
+        let k = self.runtimes.known(&identify(p));
+        if p.rsplit('/').next() == Some(k.identity.name.as_str()) || p == "/" {
+            path
+        } else {
+            format!("{path}  {}", k.identity.name)
         }
     }
 }
@@ -94,7 +126,13 @@ fn counters(c: &Counters) -> serde_json::Value {
 fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
     let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<serde_json::Value> {
         m.iter()
-            .map(|(id, c)| json!({"id": id, "path": s.cgroup_name(*id), "counters": counters(c)}))
+            .map(|(id, c)| {
+                let mut v = s.known(*id);
+                v["id"] = json!(id);
+                v["path"] = json!(s.cgroup_name(*id));
+                v["counters"] = counters(c);
+                v
+            })
             .collect()
     };
     json!({
@@ -105,6 +143,8 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "tc_attach": tc,
         "cgroups": by_cgroup(&s.snap.cgroups),
         "tc_cgroups": by_cgroup(&s.snap.tc_cgroups),
+        "veth_cgroups": by_cgroup(&s.snap.veth),
+        "runtimes": s.runtimes.answers,
         "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
     })
 }
@@ -129,7 +169,7 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     println!("stats files: {}", s.stats_files);
     let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<_> {
         m.iter()
-            .map(|(id, c)| (id.to_string(), *c, s.cgroup_name(*id)))
+            .map(|(id, c)| (id.to_string(), *c, s.label(*id)))
             .collect()
     };
     let head = |a, b, c, d, n| ["id", a, b, c, d, n];
@@ -153,6 +193,18 @@ fn print_text(s: &Status, tc: &tc::Choice) {
         ),
         by_cgroup(&s.snap.tc_cgroups),
     );
+    if !s.snap.veth.is_empty() {
+        table(
+            head(
+                "rx_bytes",
+                "rx_pkts",
+                "tx_bytes",
+                "tx_pkts",
+                "cgroup behind its interfaces (veth)",
+            ),
+            by_cgroup(&s.snap.veth),
+        );
+    }
     let ifaces = s.snap.interfaces.iter().map(|(i, c)| {
         let name = s.ifnames.get(i).cloned().unwrap_or_else(|| "(gone)".into());
         (i.to_string(), *c, name)
@@ -160,6 +212,22 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     let mut h = head("in_bytes", "in_pkts", "out_bytes", "out_pkts", "interface (tc)");
     h[0] = "ifindex";
     table(h, ifaces.collect());
+    println!();
+    for a in &s.runtimes.answers {
+        let from = match a.source {
+            "api" => "its API",
+            "disk" => "its records on disk",
+            "logs" => "the kubelet's log directories",
+            _ => "nowhere: not on this host",
+        };
+        println!(
+            "names from {}: {} containers, from {from}",
+            a.runtime, a.containers
+        );
+        if let Some(n) = &a.note {
+            println!("  ({n})");
+        }
+    }
 }
 
 /// One status table: key, four counters, name.

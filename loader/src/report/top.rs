@@ -20,7 +20,10 @@ use super::read::{self, Snapshot};
 use crate::{
     bpffs::Pins,
     follow::cgroup_tree::CgroupTree,
-    observe::{host, identity::Identity},
+    observe::{
+        host,
+        runtime::{self, Known, Table},
+    },
 };
 
 /// Which counters the rates come from.
@@ -59,8 +62,9 @@ pub struct Options {
 pub struct Row {
     pub id: u64,
     pub cgroup: String,
+    /// The identity from the path, and the container runtimes' names.
     #[serde(flatten)]
-    pub identity: Identity,
+    pub known: Known,
     /// Counted during the interval (exact, from the maps).
     pub rx_bytes: u64,
     pub rx_packets: u64,
@@ -101,6 +105,7 @@ pub fn rows(
     now: &BTreeMap<u64, Counters>,
     secs: f64,
     tree: &CgroupTree,
+    names: &Table,
     sort: SortBy,
 ) -> Vec<Row> {
     let per_sec = |v: u64| if secs > 0.0 { v as f64 / secs } else { 0.0 };
@@ -113,7 +118,7 @@ pub fn rows(
             Some(Row {
                 id: *id,
                 cgroup: e.display(),
-                identity: e.identity.clone(),
+                known: names.known(&e.identity),
                 rx_bytes: d.rx_bytes,
                 rx_packets: d.rx_packets,
                 tx_bytes: d.tx_bytes,
@@ -171,7 +176,7 @@ pub fn table(frame: &Frame) -> String {
             human(r.tx_bytes_per_sec),
             human(r.rx_packets_per_sec),
             human(r.tx_packets_per_sec),
-            r.identity.name,
+            r.known.identity.name,
             r.cgroup
         ));
     }
@@ -198,6 +203,9 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
     }
     let pins = Pins::new(root, crate::bpffs::names::probe_dots(root)?);
     let mut tree = CgroupTree::follow(&host::cgroup2_mount()?)?;
+    // Asked in a thread of its own: a runtime that does not answer never
+    // delays a refresh; new containers are looked up as they appear.
+    let names = runtime::resolver_for(root);
     let mut before = read::snapshot(&pins).context("reading the pinned maps")?;
     let mut at = Instant::now();
     if o.once {
@@ -213,13 +221,23 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
             if left.is_zero() {
                 break;
             }
-            tree.wait(left)?;
+            let changes = tree.wait(left)?;
+            crate::follow::look_for(&names, &tree, &changes);
         }
-        tree.drain()?;
+        let changes = tree.drain()?;
+        crate::follow::look_for(&names, &tree, &changes);
         let now = read::snapshot(&pins).context("reading the pinned maps")?;
         let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
-        let mut cgroups = rows(pick(&before, o.source), pick(&now, o.source), secs, &tree, o.sort);
+        let known = names.table();
+        let mut cgroups = rows(
+            pick(&before, o.source),
+            pick(&now, o.source),
+            secs,
+            &tree,
+            &known,
+            o.sort,
+        );
         if let Some(n) = o.limit {
             cgroups.truncate(n);
         } else if !o.once && !o.json {
@@ -274,12 +292,13 @@ mod tests {
         let before = BTreeMap::from([(a, c(1000, 0)), (b, c(5000, 5000))]);
         // b went back to a lower value: removed and made again.
         let now = BTreeMap::from([(a, c(21000, 400)), (b, c(300, 100)), (42, c(9, 9))]);
-        let r = rows(&before, &now, 2.0, &tree, SortBy::Total);
+        let names = Table::default();
+        let r = rows(&before, &now, 2.0, &tree, &names, SortBy::Total);
         assert_eq!(r.len(), 2, "unknown id 42 has no row");
         assert_eq!((r[0].id, r[0].rx_bytes, r[0].tx_bytes), (a, 20000, 400));
         assert_eq!(r[0].rx_bytes_per_sec, 10000.0);
         assert_eq!((r[1].id, r[1].rx_bytes, r[1].tx_bytes), (b, 300, 100));
-        let r = rows(&before, &now, 2.0, &tree, SortBy::Tx);
+        let r = rows(&before, &now, 2.0, &tree, &names, SortBy::Tx);
         assert_eq!(r[0].id, a);
         assert_eq!(human(512.0), "512");
         assert_eq!(human(1536.0), "1.5K");
@@ -288,7 +307,7 @@ mod tests {
             interval_seconds: 2.0,
             source: "socket",
             tree_walks: 1,
-            cgroups: rows(&before, &now, 2.0, &tree, SortBy::Total),
+            cgroups: rows(&before, &now, 2.0, &tree, &names, SortBy::Total),
         });
         assert!(t.lines().nth(3).is_some_and(|l| l.contains("a.service")), "{t}");
         std::fs::remove_dir_all(&d).expect("cleanup");

@@ -1,6 +1,14 @@
 //! The libc calls cgacct makes, each behind a safe function whose error
 //! names the call.
-use std::{ffi::CString, os::fd::AsRawFd, path::Path, time::Duration};
+use std::{
+    ffi::CString,
+    os::{
+        fd::{AsRawFd, FromRawFd as _},
+        unix::net::UnixStream,
+    },
+    path::Path,
+    time::Duration,
+};
 
 use super::SysError;
 
@@ -85,6 +93,51 @@ pub fn group_id(name: &str) -> Option<u32> {
     let gr = unsafe { libc::getgrnam(c.as_ptr()) };
     // SAFETY: non-NULL result of getgrnam.
     (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+}
+
+/// Connects a stream socket to the unix socket at `path` without waiting:
+/// a server whose listen queue is full answers EAGAIN at once instead of
+/// blocking the caller. The stream returned blocks (set timeouts on it).
+pub fn connect_unix(path: &Path) -> Result<UnixStream, SysError> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: a C struct of integers and a byte array: all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(SysError::new(
+            "connect",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "socket path too long or not a path",
+            ),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(SysError::last("socket"));
+    }
+    // SAFETY: fd is a new socket that nothing else owns; the stream closes it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: a valid socket and an address of the length given.
+    let r = unsafe { libc::connect(fd, std::ptr::from_ref(&addr).cast(), len) };
+    if r != 0 {
+        return Err(SysError::last("connect"));
+    }
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| SysError::new("fcntl", e))?;
+    Ok(stream)
 }
 
 /// SIGKILL to this process (the test kill points).
