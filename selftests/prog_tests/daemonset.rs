@@ -300,11 +300,19 @@ fn mount_arg(m: &Value, volumes: &[Value], configmap_dir: &Path) -> String {
         .find(|v| v["name"] == name)
         .unwrap_or_else(|| panic!("volume {name} is not declared"));
     let source = if let Some(path) = v["hostPath"]["path"].as_str() {
-        if v["hostPath"]["type"] == "Directory" {
-            assert!(
+        match v["hostPath"]["type"].as_str() {
+            Some("Directory") => assert!(
                 Path::new(path).is_dir(),
                 "hostPath {path} (type Directory) is not a directory here"
-            );
+            ),
+            // The kubelet would create it on the host; the test does not
+            // make directories of the host's: a directory of its own stands in.
+            Some("DirectoryOrCreate") if !Path::new(path).exists() => {
+                let dir = stand_ins(configmap_dir).join(name);
+                fs::create_dir_all(&dir).expect("a stand-in for a DirectoryOrCreate hostPath");
+                return mount_text(m, &dir);
+            }
+            _ => {}
         }
         PathBuf::from(path)
     } else if v.get("configMap").is_some() {
@@ -312,6 +320,17 @@ fn mount_arg(m: &Value, volumes: &[Value], configmap_dir: &Path) -> String {
     } else {
         panic!("volume {name}: only hostPath and configMap volumes are mapped to Docker: {v}")
     };
+    mount_text(m, &source)
+}
+
+/// Where the test's stand-ins for missing DirectoryOrCreate hostPaths live
+/// (removed with the test, see [`daemonset_containers_count_under_docker`]).
+fn stand_ins(configmap_dir: &Path) -> PathBuf {
+    configmap_dir.with_extension("volumes")
+}
+
+/// `--mount` of `source` as the volume mount `m` says.
+fn mount_text(m: &Value, source: &Path) -> String {
     let mut arg = format!(
         "type=bind,source={},target={}",
         source.display(),
@@ -568,6 +587,7 @@ fn daemonset_containers_count_under_docker() {
     let _resident = resident(&w, "ctr.scope");
     let cm_dir = TempDir(std::env::temp_dir().join(format!("{}-configmap", w.prefix)));
     fs::create_dir_all(&cm_dir.0).expect("ConfigMap dir");
+    let _stand_ins = TempDir(stand_ins(&cm_dir.0));
     for (key, value) in cm["data"].as_object().expect("ConfigMap data") {
         let value = if key == "pin-layout.toml" {
             narrowed_layout(text(value), &w)
