@@ -1,7 +1,7 @@
 //! `cgacct-bench`: cgacct's costs measured against the floor and against
 //! what operators would otherwise run, side by side in one run. See
 //! BENCHMARKS.md for the method and the latest results; run it with
-//! `sudo scripts/bench.sh` (`--smoke` for the short CI mode).
+//! `scripts/bench.sh` (`--smoke` for the short CI mode).
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
@@ -30,7 +30,7 @@ enum Section {
 #[command(
     name = "cgacct-bench",
     about = "Benchmarks cgacct against the floor and the alternatives, and prints a table",
-    after_help = "Example:\n  sudo scripts/bench.sh\n  sudo scripts/bench.sh --smoke\n  sudo scripts/bench.sh --only packet --only reads"
+    after_help = "Example:\n  scripts/bench.sh\n  scripts/bench.sh --smoke\n  scripts/bench.sh --only packet --only reads"
 )]
 struct Cli {
     /// Tiny sizes and few repetitions: checks that every measurement runs (CI).
