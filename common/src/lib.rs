@@ -111,6 +111,43 @@ pub struct Removed {
 /// Cgroup id under which TC counts traffic whose skb has no socket.
 pub const UNATTRIBUTED_CGROUP: u64 = 0;
 
+/// Id of the cgroup2 root cgroup (a kernfs root's first id on 64-bit).
+pub const ROOT_CGROUP: u64 = 1;
+
+/// Buckets of the `OVERFLOW` map: traffic counted nowhere else because a
+/// map was full (an insert failed). Each bucket holds [`Counters`]
+/// (rx and tx as in the map it stands for).
+pub mod overflow {
+    /// cgroup_skb counts of a cgroup with no `CGROUP_STATS` entry.
+    pub const CGROUP_STATS: u32 = 0;
+    /// TC counts of a socket cgroup with no `TC_CGROUP_STATS` entry.
+    pub const TC_CGROUP_STATS: u32 = 1;
+    /// TC counts of an interface with no `IFACE_STATS` entry.
+    pub const IFACE_STATS: u32 = 2;
+    /// Owner counts of a cgroup with no `VETH_STATS` entry.
+    pub const VETH_STATS: u32 = 3;
+    /// cgroup_skb totals of removed cgroups (final or late) that no
+    /// `DEPARTED` entry could take.
+    pub const DEPARTED: u32 = 4;
+    /// The same, TC totals.
+    pub const DEPARTED_TC: u32 = 5;
+    /// The same, owner totals.
+    pub const DEPARTED_VETH: u32 = 6;
+    /// Number of buckets.
+    pub const BUCKETS: u32 = 7;
+    /// Bucket names as `net.stat` (`overflow_<name>_packets`), `status` and
+    /// the exporter print them, by index.
+    pub const NAMES: [&str; BUCKETS as usize] = [
+        "cgroup_stats",
+        "tc_cgroup_stats",
+        "iface_stats",
+        "veth_stats",
+        "departed",
+        "departed_tc",
+        "departed_veth",
+    ];
+}
+
 /// Names of the maps in the BPF object, as the loader finds and pins them.
 pub mod maps {
     /// Per-CPU hash: cgroup id (`u64`) -> [`crate::Counters`], from the
@@ -140,8 +177,11 @@ pub mod maps {
     pub const REMOVED: &str = "REMOVED";
     /// Per-CPU array of one [`crate::Removed`]: where a record is built.
     pub const REMOVED_SCRATCH: &str = "REMOVED_SCRATCH";
+    /// Per-CPU array: bucket ([`crate::overflow`]) -> [`crate::Counters`]
+    /// that no full map could take.
+    pub const OVERFLOW: &str = "OVERFLOW";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -151,6 +191,7 @@ pub mod maps {
         DEPARTED,
         REMOVED,
         REMOVED_SCRATCH,
+        OVERFLOW,
     ];
 }
 

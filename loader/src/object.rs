@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
-use cgacct_common::{globals, maps, programs as prog, Counters, Departed, IterAcc, Removed};
+use cgacct_common::{globals, maps, overflow, programs as prog, Counters, Departed, IterAcc, Removed};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
 
@@ -84,7 +84,7 @@ impl std::fmt::Display for MapShape {
 }
 
 /// The maps this build and layout need, by name.
-pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 9] {
+pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 10] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -114,6 +114,10 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 9] {
         (
             maps::REMOVED_SCRATCH,
             shape(MapType::PerCpuArray, 4, size_of::<Removed>(), 1),
+        ),
+        (
+            maps::OVERFLOW,
+            shape(MapType::PerCpuArray, 4, c, overflow::BUCKETS),
         ),
     ]
 }

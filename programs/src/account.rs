@@ -6,6 +6,8 @@ use aya_ebpf::{
 };
 use cgacct_common::Counters;
 
+use crate::maps::OVERFLOW;
+
 #[derive(Clone, Copy)]
 pub enum Direction {
     Rx,
@@ -64,11 +66,13 @@ fn headers_len(skb: *mut __sk_buff, l3: u32) -> u32 {
     ip_len + l4
 }
 
-/// Adds one skb to `map[key]` on this CPU's slot.
+/// Adds one skb to `map[key]` on this CPU's slot; what the map cannot
+/// take (full) goes to the overflow bucket `bucket`.
 #[inline(always)]
 pub fn add<K, const N: usize>(
     map: &PerCpuHashMap<K, Counters, N>,
     key: &K,
+    bucket: u32,
     dir: Direction,
     bytes: u64,
     packets: u64,
@@ -79,15 +83,47 @@ pub fn add<K, const N: usize>(
         bump(unsafe { &mut *slot }, dir, bytes, packets);
         return;
     }
-    let mut fresh = Counters::default();
-    bump(&mut fresh, dir, bytes, packets);
-    if map.insert(key, &fresh, BPF_NOEXIST as u64).is_err() {
-        // Another CPU created the entry first (or the map is full).
-        if let Some(slot) = map.get_ptr_mut(key) {
-            // SAFETY: as above.
-            bump(unsafe { &mut *slot }, dir, bytes, packets);
-        }
+    insert(map, key, bucket, dir, bytes, packets);
+}
+
+/// A first packet for `key`: a new entry, or the overflow bucket if the
+/// map is full.
+#[inline(always)]
+fn insert<K, const N: usize>(
+    map: &PerCpuHashMap<K, Counters, N>,
+    key: &K,
+    bucket: u32,
+    dir: Direction,
+    bytes: u64,
+    packets: u64,
+) {
+    let fresh = counters(dir, bytes, packets);
+    if map.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        return;
     }
+    // Another CPU created the entry first, or the map is full.
+    if let Some(slot) = map.get_ptr_mut(key) {
+        // SAFETY: as in `add`.
+        bump(unsafe { &mut *slot }, dir, bytes, packets);
+        return;
+    }
+    overflow(bucket, &fresh);
+}
+
+/// Adds `c` to overflow bucket `bucket` on this CPU's slot.
+#[inline(always)]
+pub fn overflow(bucket: u32, c: &Counters) {
+    if let Some(slot) = OVERFLOW.get_ptr_mut(bucket) {
+        // SAFETY: a per-CPU slot, as in `add`.
+        unsafe { &mut *slot }.add(c);
+    }
+}
+
+#[inline(always)]
+fn counters(dir: Direction, bytes: u64, packets: u64) -> Counters {
+    let mut c = Counters::default();
+    bump(&mut c, dir, bytes, packets);
+    c
 }
 
 #[inline(always)]

@@ -4,6 +4,7 @@
 //! is attached at an ancestor, so one attachment at a subtree root accounts
 //! every cgroup below it, present and future.
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
+use cgacct_common::overflow;
 
 use crate::{
     account::{add, measure, Direction},
@@ -31,5 +32,12 @@ fn count(ctx: &SkBuffContext, dir: Direction) {
     // SAFETY: helper call on the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (bytes, packets) = measure(skb, 0);
-    add(&CGROUP_STATS, &cgroup_id, dir, bytes, packets);
+    add(
+        &CGROUP_STATS,
+        &cgroup_id,
+        overflow::CGROUP_STATS,
+        dir,
+        bytes,
+        packets,
+    );
 }

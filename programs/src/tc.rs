@@ -10,6 +10,7 @@
 //! is the owner's rx, arriving from it (TC ingress) the owner's tx. Each map
 //! counts a frame once.
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
+use cgacct_common::overflow;
 
 use crate::{
     account::{add, measure, Direction},
@@ -40,8 +41,15 @@ fn count(ctx: &TcContext, dir: Direction) {
     // SAFETY: helper call and field read on the program's context.
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
     let (bytes, packets) = measure(skb, ETH_HLEN);
-    add(&TC_CGROUP_STATS, &cgroup_id, dir, bytes, packets);
-    add(&IFACE_STATS, &ifindex, dir, bytes, packets);
+    add(
+        &TC_CGROUP_STATS,
+        &cgroup_id,
+        overflow::TC_CGROUP_STATS,
+        dir,
+        bytes,
+        packets,
+    );
+    add(&IFACE_STATS, &ifindex, overflow::IFACE_STATS, dir, bytes, packets);
     // SAFETY: a plain lookup; the value is copied out at once.
     if let Some(owner) = unsafe { IFACE_OWNER.get(&ifindex) } {
         let owner = *owner;
@@ -49,6 +57,13 @@ fn count(ctx: &TcContext, dir: Direction) {
             Direction::Rx => Direction::Tx,
             Direction::Tx => Direction::Rx,
         };
-        add(&VETH_STATS, &owner, owner_dir, bytes, packets);
+        add(
+            &VETH_STATS,
+            &owner,
+            overflow::VETH_STATS,
+            owner_dir,
+            bytes,
+            packets,
+        );
     }
 }
