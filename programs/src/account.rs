@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use cgacct_common::Counters;
 
-use crate::maps::OVERFLOW;
+use crate::{
+    fold::{self, Family},
+    maps::OVERFLOW,
+};
 
 #[derive(Clone, Copy)]
 pub enum Direction {
@@ -84,6 +87,32 @@ pub fn add<K, const N: usize>(
         return;
     }
     insert(map, key, bucket, dir, bytes, packets);
+}
+
+/// [`add`] for a map keyed by cgroup id (of `family`): an id without an
+/// entry may be a removed cgroup whose socket lives on, and its traffic
+/// then goes to its nearest live ancestor (see [`fold::late`]), never
+/// into a new entry under the removed id. Live cgroups with an entry take
+/// the same path as in [`add`].
+#[inline(always)]
+pub fn add_cgroup<const N: usize>(
+    map: &PerCpuHashMap<u64, Counters, N>,
+    id: u64,
+    family: Family,
+    dir: Direction,
+    bytes: u64,
+    packets: u64,
+) {
+    if let Some(slot) = map.get_ptr_mut(&id) {
+        // SAFETY: as in `add`.
+        bump(unsafe { &mut *slot }, dir, bytes, packets);
+        return;
+    }
+    let c = counters(dir, bytes, packets);
+    if fold::late(id, family, &c) {
+        return;
+    }
+    insert(map, &id, family.bucket(), dir, bytes, packets);
 }
 
 /// A first packet for `key`: a new entry, or the overflow bucket if the

@@ -8,13 +8,18 @@
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
 //! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
-//!   and keeps them as its last word.
+//!   and keeps them as its last word; on its release, folds what came
+//!   after.
 #![no_std]
 #![no_main]
+// Atomic adds to map values shared by CPUs (see fold::atomic_add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod account;
 mod cgroup_iter;
 mod cgroup_skb;
+mod fold;
 mod kernel;
 mod maps;
 mod removal;

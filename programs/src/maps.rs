@@ -5,7 +5,7 @@ use aya_ebpf::{
     btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
-use cgacct_common::{overflow, Counters, Departed, IterAcc, Removed};
+use cgacct_common::{overflow, Counters, Departed, Dying, IterAcc, Removed};
 
 /// cgroup id -> counters from the cgroup_skb hooks.
 #[btf_map]
@@ -43,6 +43,12 @@ pub static REMOVED: LruHashMap<u64, Removed, 16384> = LruHashMap::new();
 /// Where a `Removed` record is built (too big for the BPF stack).
 #[btf_map]
 pub static REMOVED_SCRATCH: PerCpuArray<Removed, 1> = PerCpuArray::new();
+
+/// removed cgroup id -> where its late traffic goes and how much came;
+/// from its removal until the kernel releases it (longer only as a record
+/// of late traffic).
+#[btf_map]
+pub static DYING: LruHashMap<u64, Dying, 16384> = LruHashMap::new();
 
 /// overflow bucket -> what no full map could take.
 #[btf_map]

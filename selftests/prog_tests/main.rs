@@ -13,6 +13,7 @@ mod counts;
 mod declarative;
 mod export;
 mod faults;
+mod late;
 mod latency;
 mod lifecycle;
 mod removal;
