@@ -133,6 +133,21 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
     ]
 }
 
+/// The `[maps]` key that sizes a map, if one does.
+pub fn layout_key(map: &str) -> Option<&'static str> {
+    match map {
+        maps::CGROUP_STATS
+        | maps::TC_CGROUP_STATS
+        | maps::VETH_STATS
+        | maps::DEPARTED
+        | maps::REMOVED
+        | maps::DYING => Some("[maps] cgroups"),
+        maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
+        maps::ITER_SCRATCH => Some("[maps] readers"),
+        _ => None,
+    }
+}
+
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
 pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];

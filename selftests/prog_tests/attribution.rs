@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// No ARP, no IPv6 chatter on our veth pair: only the test's frames cross it.
-fn quiet_link(w: &World) {
+pub(crate) fn quiet_link(w: &World) {
     let peer_if = format!("{}p", w.prefix);
     let mac = |ns: Option<&str>, dev: &str| -> String {
         let cmd = match ns {

@@ -8,6 +8,7 @@ mod world;
 mod access;
 mod attribution;
 mod bad_input;
+mod capacity;
 mod cli;
 mod counts;
 mod declarative;
