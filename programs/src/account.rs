@@ -1,14 +1,13 @@
 //! The packet-path accounting shared by the TC and cgroup_skb programs.
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
-    btf_maps::PerCpuHashMap,
     helpers::generated::bpf_skb_load_bytes,
 };
 use cgacct_common::Counters;
 
 use crate::{
     fold::{self, Family},
-    maps::OVERFLOW,
+    maps::{CounterMap, OVERFLOW},
 };
 
 #[derive(Clone, Copy)]
@@ -73,7 +72,7 @@ fn headers_len(skb: *mut __sk_buff, l3: u32) -> u32 {
 /// take (full) goes to the overflow bucket `bucket`.
 #[inline(always)]
 pub fn add<K, const N: usize>(
-    map: &PerCpuHashMap<K, Counters, N>,
+    map: &CounterMap<K, N>,
     key: &K,
     bucket: u32,
     dir: Direction,
@@ -96,7 +95,7 @@ pub fn add<K, const N: usize>(
 /// the same path as in [`add`].
 #[inline(always)]
 pub fn add_cgroup<const N: usize>(
-    map: &PerCpuHashMap<u64, Counters, N>,
+    map: &CounterMap<u64, N>,
     id: u64,
     family: Family,
     dir: Direction,
@@ -119,7 +118,7 @@ pub fn add_cgroup<const N: usize>(
 /// map is full.
 #[inline(always)]
 fn insert<K, const N: usize>(
-    map: &PerCpuHashMap<K, Counters, N>,
+    map: &CounterMap<K, N>,
     key: &K,
     bucket: u32,
     dir: Direction,
