@@ -7,9 +7,10 @@
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 
 use crate::{
-    account::{add_cgroup, measure, Direction},
+    account::{add_cgroup, Direction},
     fold::Family,
     maps::CGROUP_STATS,
+    measure::measure,
 };
 
 /// Let the packet through: accounting never filters.

@@ -22,6 +22,7 @@ mod cgroup_skb;
 mod fold;
 mod kernel;
 mod maps;
+mod measure;
 mod removal;
 mod tc;
 

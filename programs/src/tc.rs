@@ -14,9 +14,10 @@ use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, progra
 use cgacct_common::overflow;
 
 use crate::{
-    account::{add, add_cgroup, measure, Direction},
+    account::{add, add_cgroup, Direction},
     fold::Family,
     maps::{IFACE_OWNER, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
+    measure::measure,
 };
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: let the next program or the default
