@@ -10,8 +10,6 @@
 //! ended at release), never in a new counter entry under the removed id.
 //!
 //! `DEPARTED` entries are shared by every CPU: adds to them are atomic.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::bindings::BPF_NOEXIST;
 use cgacct_common::{overflow, Counters, Departed, Dying, Totals};
 
@@ -70,9 +68,10 @@ impl Family {
 /// cgroup and 16 ancestors were all removed counts in overflow).
 const MAX_REMOVED_ANCESTORS: u32 = 16;
 
-/// `*p += v` as one atomic instruction (BPF_XADD: the BPF target has no
-/// compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
-/// old value is not used, which any kernel's BPF takes).
+/// `*p += v` as one atomic instruction: `lock *(u64 *)(p + 0) += v`
+/// (BPF_ATOMIC | BPF_ADD without fetch, which every kernel takes). The BPF
+/// target has no compare-and-swap, so core offers no `fetch_add`; the
+/// benchmark's programs use the same instruction.
 #[inline(always)]
 fn atomic_add(p: *mut u64, v: u64) {
     if v == 0 {
@@ -80,7 +79,9 @@ fn atomic_add(p: *mut u64, v: u64) {
     }
     // SAFETY: `p` points at an 8-aligned u64 in a map value that every
     // writer changes with atomic adds only.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
 }
 
 /// `*dst += c`, atomically per field.

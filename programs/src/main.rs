@@ -12,9 +12,9 @@
 //!   after.
 #![no_std]
 #![no_main]
-// Atomic adds to map values shared by CPUs (see fold::atomic_add).
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
+// Inline BPF assembly for atomic adds to map values shared by CPUs (see
+// fold::atomic_add); aya-ebpf uses the same feature.
+#![feature(asm_experimental_arch)]
 
 mod account;
 mod cgroup_iter;
