@@ -11,10 +11,10 @@
 //!   KernelStack + PageTables): sees everything, including whatever else
 //!   the machine is doing at the same time.
 //!
-//! The counters themselves live in preallocated per-CPU hash maps: their
-//! memory is paid once, when the maps are created, for every slot the
-//! layout sizes them for; it is reported per slot from the maps' own
-//! `memlock` (fdinfo).
+//! The counters themselves live in per-CPU hash maps whose entries are
+//! allocated when first used: what an empty map costs per slot the layout
+//! sizes it for (its buckets) is reported from the maps' own `memlock`
+//! (fdinfo), read right after the first apply.
 use std::{
     fs,
     os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _},
@@ -273,7 +273,7 @@ pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()
     )?;
     if let Some(slot) = slot {
         fig(
-            "counters per cgroup slot, preallocated (memlock of both cgroup maps / max_entries)".into(),
+            "counters per cgroup slot before use (memlock of both empty cgroup maps / max_entries)".into(),
             &[slot],
             Unit::Bytes,
         )?;

@@ -108,8 +108,62 @@ pub struct Removed {
     pub path: [u8; REMOVED_PATH_LEN],
 }
 
+/// A removed cgroup the kernel still holds (a socket made in it lives on):
+/// where its traffic goes, and how much came after its removal. Written at
+/// removal; at release (the last reference gone) the entry is deleted, or
+/// kept as a record if traffic came late.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dying {
+    /// Its parent at removal (live then: a cgroup with live children
+    /// cannot be removed).
+    pub parent_id: u64,
+    /// CLOCK_BOOTTIME nanoseconds at release; 0 while the kernel holds it.
+    pub released_at_ns: u64,
+    /// Counted after its removal, and added to its nearest live ancestor's
+    /// `DEPARTED` entry.
+    pub late: Totals,
+}
+
 /// Cgroup id under which TC counts traffic whose skb has no socket.
 pub const UNATTRIBUTED_CGROUP: u64 = 0;
+
+/// Id of the cgroup2 root cgroup (a kernfs root's first id on 64-bit).
+pub const ROOT_CGROUP: u64 = 1;
+
+/// Buckets of the `OVERFLOW` map: traffic counted nowhere else because a
+/// map was full (an insert failed). Each bucket holds [`Counters`]
+/// (rx and tx as in the map it stands for).
+pub mod overflow {
+    /// cgroup_skb counts of a cgroup with no `CGROUP_STATS` entry.
+    pub const CGROUP_STATS: u32 = 0;
+    /// TC counts of a socket cgroup with no `TC_CGROUP_STATS` entry.
+    pub const TC_CGROUP_STATS: u32 = 1;
+    /// TC counts of an interface with no `IFACE_STATS` entry.
+    pub const IFACE_STATS: u32 = 2;
+    /// Owner counts of a cgroup with no `VETH_STATS` entry.
+    pub const VETH_STATS: u32 = 3;
+    /// cgroup_skb totals of removed cgroups (final or late) that no
+    /// `DEPARTED` entry could take.
+    pub const DEPARTED: u32 = 4;
+    /// The same, TC totals.
+    pub const DEPARTED_TC: u32 = 5;
+    /// The same, owner totals.
+    pub const DEPARTED_VETH: u32 = 6;
+    /// Number of buckets.
+    pub const BUCKETS: u32 = 7;
+    /// Bucket names as `net.stat` (`overflow_<name>_packets`), `status` and
+    /// the exporter print them, by index.
+    pub const NAMES: [&str; BUCKETS as usize] = [
+        "cgroup_stats",
+        "tc_cgroup_stats",
+        "iface_stats",
+        "veth_stats",
+        "departed",
+        "departed_tc",
+        "departed_veth",
+    ];
+}
 
 /// Names of the maps in the BPF object, as the loader finds and pins them.
 pub mod maps {
@@ -140,8 +194,14 @@ pub mod maps {
     pub const REMOVED: &str = "REMOVED";
     /// Per-CPU array of one [`crate::Removed`]: where a record is built.
     pub const REMOVED_SCRATCH: &str = "REMOVED_SCRATCH";
+    /// LRU hash: id (`u64`) of a removed cgroup the kernel still holds ->
+    /// [`crate::Dying`].
+    pub const DYING: &str = "DYING";
+    /// Per-CPU array: bucket ([`crate::overflow`]) -> [`crate::Counters`]
+    /// that no full map could take.
+    pub const OVERFLOW: &str = "OVERFLOW";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -151,6 +211,8 @@ pub mod maps {
         DEPARTED,
         REMOVED,
         REMOVED_SCRATCH,
+        DYING,
+        OVERFLOW,
     ];
 }
 
@@ -164,6 +226,9 @@ pub mod programs {
     /// BTF tracepoint `cgroup_rmdir`: folds a removed cgroup's totals into
     /// its parent and records them.
     pub const CGROUP_RMDIR: &str = "cgacct_cgroup_rmdir";
+    /// BTF tracepoint `cgroup_release`: a removed cgroup's last reference
+    /// is gone; folds what is left under its id and ends its `DYING` entry.
+    pub const CGROUP_RELEASE: &str = "cgacct_cgroup_release";
 }
 
 /// Read-only globals the loader sets before the object is loaded.
@@ -200,4 +265,6 @@ mod user {
     unsafe impl aya::Pod for super::Departed {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Removed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Dying {}
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
-use cgacct_common::{globals, maps, programs as prog, Counters, Departed, IterAcc, Removed};
+use cgacct_common::{globals, maps, overflow, programs as prog, Counters, Departed, Dying, IterAcc, Removed};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
 
@@ -54,13 +54,20 @@ pub fn build_id_place() -> Result<(usize, usize)> {
 /// Every program the object holds, with the name it is pinned under. The
 /// iterator comes last: it is pinned last, so a pinned iterator of a build
 /// means every program of that build is pinned.
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 7] = [
     prog::CGROUP_INGRESS,
     prog::CGROUP_EGRESS,
     prog::TC_INGRESS,
     prog::TC_EGRESS,
     prog::CGROUP_RMDIR,
+    prog::CGROUP_RELEASE,
     prog::CGROUP_ITER,
+];
+
+/// The BTF tracepoint programs, with the tracepoint each attaches to.
+pub const TRACEPOINTS: [(&str, &str); 2] = [
+    (prog::CGROUP_RMDIR, "cgroup_rmdir"),
+    (prog::CGROUP_RELEASE, "cgroup_release"),
 ];
 
 /// The shape of a map: what the programs of this build expect.
@@ -84,7 +91,7 @@ impl std::fmt::Display for MapShape {
 }
 
 /// The maps this build and layout need, by name.
-pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 9] {
+pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -115,7 +122,30 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 9] {
             maps::REMOVED_SCRATCH,
             shape(MapType::PerCpuArray, 4, size_of::<Removed>(), 1),
         ),
+        (
+            maps::DYING,
+            shape(MapType::LruHash, 8, size_of::<Dying>(), m.cgroups),
+        ),
+        (
+            maps::OVERFLOW,
+            shape(MapType::PerCpuArray, 4, c, overflow::BUCKETS),
+        ),
     ]
+}
+
+/// The `[maps]` key that sizes a map, if one does.
+pub fn layout_key(map: &str) -> Option<&'static str> {
+    match map {
+        maps::CGROUP_STATS
+        | maps::TC_CGROUP_STATS
+        | maps::VETH_STATS
+        | maps::DEPARTED
+        | maps::REMOVED
+        | maps::DYING => Some("[maps] cgroups"),
+        maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
+        maps::ITER_SCRATCH => Some("[maps] readers"),
+        _ => None,
+    }
 }
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by

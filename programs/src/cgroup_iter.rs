@@ -15,11 +15,11 @@ use aya_ebpf::{
     bindings::{seq_file, BPF_ANY},
     helpers::generated::bpf_seq_printf,
 };
-use cgacct_common::{Counters, Departed, IterAcc};
+use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
     kernel::{self, cgroup_id, sum_percpu},
-    maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+    maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
 
 /// `struct bpf_iter_meta`.
@@ -156,6 +156,47 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
         seq,
         b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
         &counters(&a.own_veth),
+    );
+    if a.cgroup_id == ROOT_CGROUP {
+        print_overflow(seq);
+    }
+}
+
+/// The root cgroup's file also prints what no full map could take, by
+/// map: packets and bytes, both directions summed.
+#[inline(always)]
+fn print_overflow(seq: *mut seq_file) {
+    let map = ptr::from_ref(&OVERFLOW).cast_mut().cast();
+    let mut v = [0u64; 2 * overflow::BUCKETS as usize];
+    let mut b = 0u32;
+    while b < overflow::BUCKETS {
+        let [c] = sum_percpu([map], &b);
+        let i = 2 * b as usize;
+        if i + 1 < v.len() {
+            v[i] = c.rx_packets + c.tx_packets;
+            v[i + 1] = c.rx_bytes + c.tx_bytes;
+        }
+        b += 1;
+    }
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = v;
+    print(
+        seq,
+        b"overflow_cgroup_stats_packets %llu\noverflow_cgroup_stats_bytes %llu\n\
+overflow_tc_cgroup_stats_packets %llu\noverflow_tc_cgroup_stats_bytes %llu\n\
+overflow_iface_stats_packets %llu\noverflow_iface_stats_bytes %llu\n\0",
+        &[a0, a1, a2, a3, a4, a5],
+    );
+    print(
+        seq,
+        b"overflow_veth_stats_packets %llu\noverflow_veth_stats_bytes %llu\n\
+overflow_departed_packets %llu\noverflow_departed_bytes %llu\n\0",
+        &[a6, a7, a8, a9],
+    );
+    print(
+        seq,
+        b"overflow_departed_tc_packets %llu\noverflow_departed_tc_bytes %llu\n\
+overflow_departed_veth_packets %llu\noverflow_departed_veth_bytes %llu\n\0",
+        &[a10, a11, a12, a13],
     );
 }
 

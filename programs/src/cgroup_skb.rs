@@ -2,12 +2,15 @@
 //!
 //! `bpf_skb_cgroup_id` gives the socket's own cgroup even when the program
 //! is attached at an ancestor, so one attachment at a subtree root accounts
-//! every cgroup below it, present and future.
+//! every cgroup below it, present and future. A socket whose cgroup was
+//! removed counts in its nearest live ancestor (see [`crate::fold`]).
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 
 use crate::{
-    account::{add, measure, Direction},
+    account::{add_cgroup, Direction},
+    fold::Family,
     maps::CGROUP_STATS,
+    measure::measure,
 };
 
 /// Let the packet through: accounting never filters.
@@ -31,5 +34,5 @@ fn count(ctx: &SkBuffContext, dir: Direction) {
     // SAFETY: helper call on the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (bytes, packets) = measure(skb, 0);
-    add(&CGROUP_STATS, &cgroup_id, dir, bytes, packets);
+    add_cgroup(&CGROUP_STATS, cgroup_id, Family::Socket, dir, bytes, packets);
 }

@@ -91,7 +91,7 @@ pub unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
 /// Sum of every CPU's slot of `map[key]`, for each of `maps`: one loop
 /// over the CPUs for all of them keeps the verifier's work small.
 #[inline(always)]
-pub fn sum_percpu<const M: usize>(maps: [*mut c_void; M], key: &u64) -> [Counters; M] {
+pub fn sum_percpu<K, const M: usize>(maps: [*mut c_void; M], key: &K) -> [Counters; M] {
     // SAFETY: read-only global.
     let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
     let mut total = [Counters::default(); M];

@@ -8,15 +8,21 @@
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
 //! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
-//!   and keeps them as its last word.
+//!   and keeps them as its last word; on its release, folds what came
+//!   after.
 #![no_std]
 #![no_main]
+// Inline BPF assembly for atomic adds to map values shared by CPUs (see
+// fold::atomic_add); aya-ebpf uses the same feature.
+#![feature(asm_experimental_arch)]
 
 mod account;
 mod cgroup_iter;
 mod cgroup_skb;
+mod fold;
 mod kernel;
 mod maps;
+mod measure;
 mod removal;
 mod tc;
 

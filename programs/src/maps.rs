@@ -1,23 +1,37 @@
 //! The maps every program of one load shares. They are BTF maps, so
 //! `bpftool map dump` prints named fields. `max_entries` here are defaults:
 //! the loader sets the real sizes from the layout before loading.
+//!
+//! The per-CPU counter maps are not preallocated: a preallocated per-CPU
+//! hash costs its full size times the number of CPUs at creation (about
+//! 35 MB per map for 16384 entries on 64 CPUs), while an entry of one made
+//! on demand costs the same bytes only once used. `max_entries` then is a
+//! limit, not a cost; an insert that finds the map at its limit (or no
+//! memory) fails and is counted in `OVERFLOW`.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
-use cgacct_common::{Counters, Departed, IterAcc, Removed};
+use cgacct_common::{overflow, Counters, Departed, Dying, IterAcc, Removed};
+
+/// Flags of the per-CPU counter maps: entries allocated when first used.
+pub const ON_DEMAND: usize = BPF_F_NO_PREALLOC as usize;
+
+/// A per-CPU counter map of `N` entries at most.
+pub type CounterMap<K, const N: usize> = PerCpuHashMap<K, Counters, N, ON_DEMAND>;
 
 /// cgroup id -> counters from the cgroup_skb hooks.
 #[btf_map]
-pub static CGROUP_STATS: PerCpuHashMap<u64, Counters, 16384> = PerCpuHashMap::new();
+pub static CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
 
 /// socket cgroup id (0: no socket) -> counters from the TC hooks.
 #[btf_map]
-pub static TC_CGROUP_STATS: PerCpuHashMap<u64, Counters, 16384> = PerCpuHashMap::new();
+pub static TC_CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
 
 /// ifindex -> counters from the TC hooks.
 #[btf_map]
-pub static IFACE_STATS: PerCpuHashMap<u32, Counters, 4096> = PerCpuHashMap::new();
+pub static IFACE_STATS: CounterMap<u32, 4096> = CounterMap::new();
 
 /// iterator session id -> running sums of one read of a stats file.
 #[btf_map]
@@ -30,7 +44,7 @@ pub static IFACE_OWNER: HashMap<u32, u64, 4096> = HashMap::new();
 /// owner cgroup id -> counters of every frame through its interfaces, from
 /// the owner's side (rx = towards it, tx = from it).
 #[btf_map]
-pub static VETH_STATS: PerCpuHashMap<u64, Counters, 16384> = PerCpuHashMap::new();
+pub static VETH_STATS: CounterMap<u64, 16384> = CounterMap::new();
 
 /// cgroup id -> totals of its removed descendants (folded in at removal).
 #[btf_map]
@@ -43,3 +57,13 @@ pub static REMOVED: LruHashMap<u64, Removed, 16384> = LruHashMap::new();
 /// Where a `Removed` record is built (too big for the BPF stack).
 #[btf_map]
 pub static REMOVED_SCRATCH: PerCpuArray<Removed, 1> = PerCpuArray::new();
+
+/// removed cgroup id -> where its late traffic goes and how much came;
+/// from its removal until the kernel releases it (longer only as a record
+/// of late traffic).
+#[btf_map]
+pub static DYING: LruHashMap<u64, Dying, 16384> = LruHashMap::new();
+
+/// overflow bucket -> what no full map could take.
+#[btf_map]
+pub static OVERFLOW: PerCpuArray<Counters, { overflow::BUCKETS as usize }> = PerCpuArray::new();

@@ -9,7 +9,18 @@
 //! subtree totals never go backwards when a child goes, and a cgroup that
 //! lived for a moment still has its final totals afterwards.
 //!
-//! The tracepoint fires for rmdir in every cgroup hierarchy, v1 ones
+//! The removed cgroup lives on in the kernel while a socket made in it does
+//! (a TCP connection closing, a socket held by a process elsewhere). From
+//! the removal on, its `DYING` entry sends that socket's traffic to its
+//! nearest live ancestor ([`crate::fold`]). The `cgroup_release` tracepoint
+//! fires when the kernel lets the cgroup go (its last reference gone, so
+//! no packet can carry its id again, also under `cgroup_mutex`): it folds
+//! whatever still sits under the id (counted while no `DYING` entry could
+//! route it) and ends the `DYING` entry, kept as a record only if traffic
+//! came late. So no entry under a removed id outlives the kernel's own
+//! hold on that cgroup.
+//!
+//! Both tracepoints fire in every cgroup hierarchy, v1 ones
 //! included (hybrid hosts, container runtimes with the cgroupfs driver),
 //! and kernfs ids are unique within one hierarchy only: a v1 cgroup can have
 //! the id of a live cgroup2 cgroup. Every id in the maps is a cgroup2 id
@@ -23,11 +34,12 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cgacct_common::{Departed, Totals};
+use cgacct_common::{Dying, Totals};
 
 use crate::{
+    fold::{add_totals, into_departed, live_ancestor},
     kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_percpu, CGROUP2_HIERARCHY_ID},
-    maps::{CGROUP_STATS, DEPARTED, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+    maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
 };
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
@@ -51,6 +63,13 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     let kn = unsafe { cgroup_kn(cgrp) }?;
     let id = unsafe { kn_id(kn) }?;
     let parent = unsafe { kn_id(kn_parent(kn)?) }?;
+    // From now on its sockets' traffic goes to the parent: the entry is
+    // made before the counters are summed and deleted below.
+    let dying = Dying {
+        parent_id: parent,
+        ..Dying::default()
+    };
+    let _ = DYING.insert(id, dying, BPF_ANY as u64);
     // The record is built in a per-CPU slot (too big for the BPF stack).
     let rec = REMOVED_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, not preempted while the program runs.
@@ -78,18 +97,7 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     }
 
     // The parent gains what this cgroup and its removed descendants counted.
-    if let Some(p) = DEPARTED.get_ptr_mut(parent) {
-        // SAFETY: writers run under cgroup_mutex, one at a time.
-        let p = unsafe { &mut *p };
-        p.cgroups += rec.descendants + 1;
-        p.totals.add(&rec.subtree);
-    } else {
-        let fresh = Departed {
-            cgroups: rec.descendants + 1,
-            totals: rec.subtree,
-        };
-        let _ = DEPARTED.insert(parent, fresh, BPF_ANY as u64);
-    }
+    into_departed(Some(parent), rec.descendants + 1, &rec.subtree);
 
     // The path as the kernel printed it (NUL-terminated, truncated).
     // SAFETY: reads a NUL-terminated kernel string into the buffer.
@@ -103,5 +111,75 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);
+    Some(())
+}
+
+#[btf_tracepoint(function = "cgroup_release")]
+pub fn cgacct_cgroup_release(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct cgroup *cgrp, const char *path)
+    let cgrp: *const u8 = ctx.arg(0);
+    // SAFETY: kernel pointers are only read through probe helpers.
+    unsafe { release(cgrp) };
+    0
+}
+
+/// The kernel lets a removed cgroup go: no socket refers to it any more.
+#[inline(always)]
+unsafe fn release(cgrp: *const u8) -> Option<()> {
+    // SAFETY: probe reads, as in `fold`.
+    if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
+        return None;
+    }
+    // SAFETY: probe reads.
+    let kn = unsafe { cgroup_kn(cgrp) }?;
+    let id = unsafe { kn_id(kn) }?;
+    // What still sits under its id: counted after its removal while no
+    // DYING entry routed it (that map full, or cgacct not loaded yet when
+    // it was removed).
+    let [socket, tc, veth] = sum_percpu(
+        [
+            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
+        ],
+        &id,
+    );
+    let mut left = Totals { socket, tc, veth };
+    let mut cgroups = 0;
+    if let Some(d) = DEPARTED.get_ptr(id) {
+        // SAFETY: non-NULL lookup result.
+        let d = unsafe { &*d };
+        cgroups = d.cgroups;
+        left.add(&d.totals);
+    }
+    let dying = DYING.get_ptr_mut(id);
+    if cgroups != 0 || left != Totals::default() {
+        let parent = match dying {
+            // SAFETY: non-NULL lookup result.
+            Some(d) => unsafe { (*d).parent_id },
+            // SAFETY: probe reads.
+            None => unsafe { kn_id(kn_parent(kn)?) }?,
+        };
+        into_departed(live_ancestor(parent), cgroups, &left);
+        if let Some(d) = dying {
+            // SAFETY: non-NULL lookup result; field projection.
+            add_totals(unsafe { &raw mut (*d).late }, &left);
+        }
+    }
+    let _ = CGROUP_STATS.remove(id);
+    let _ = TC_CGROUP_STATS.remove(id);
+    let _ = VETH_STATS.remove(id);
+    let _ = DEPARTED.remove(id);
+    if let Some(d) = dying {
+        // SAFETY: non-NULL lookup result; no packet can reach this entry
+        // any more.
+        let d = unsafe { &mut *d };
+        if d.late == Totals::default() {
+            let _ = DYING.remove(id);
+        } else {
+            // SAFETY: helper without arguments.
+            d.released_at_ns = unsafe { bpf_ktime_get_boot_ns() };
+        }
+    }
     Some(())
 }

@@ -8,12 +8,16 @@
 //! counts every frame, whatever its socket, in `VETH_STATS` under the owner,
 //! from the owner's side: leaving the host through the interface (TC egress)
 //! is the owner's rx, arriving from it (TC ingress) the owner's tx. Each map
-//! counts a frame once.
+//! counts a frame once. A removed socket cgroup or owner counts in its
+//! nearest live ancestor (see [`crate::fold`]).
 use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
+use cgacct_common::overflow;
 
 use crate::{
-    account::{add, measure, Direction},
+    account::{add, add_cgroup, Direction},
+    fold::Family,
     maps::{IFACE_OWNER, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
+    measure::measure,
 };
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: let the next program or the default
@@ -40,8 +44,8 @@ fn count(ctx: &TcContext, dir: Direction) {
     // SAFETY: helper call and field read on the program's context.
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
     let (bytes, packets) = measure(skb, ETH_HLEN);
-    add(&TC_CGROUP_STATS, &cgroup_id, dir, bytes, packets);
-    add(&IFACE_STATS, &ifindex, dir, bytes, packets);
+    add_cgroup(&TC_CGROUP_STATS, cgroup_id, Family::Tc, dir, bytes, packets);
+    add(&IFACE_STATS, &ifindex, overflow::IFACE_STATS, dir, bytes, packets);
     // SAFETY: a plain lookup; the value is copied out at once.
     if let Some(owner) = unsafe { IFACE_OWNER.get(&ifindex) } {
         let owner = *owner;
@@ -49,6 +53,6 @@ fn count(ctx: &TcContext, dir: Direction) {
             Direction::Rx => Direction::Tx,
             Direction::Tx => Direction::Rx,
         };
-        add(&VETH_STATS, &owner, owner_dir, bytes, packets);
+        add_cgroup(&VETH_STATS, owner, Family::Veth, owner_dir, bytes, packets);
     }
 }

@@ -35,7 +35,8 @@ fn plan_changes_nothing_and_apply_does_exactly_the_plan() {
     assert_eq!(k.iter().filter(|a| *a == "attach_cgroup").count(), 2, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "pin_stats").count(), 3, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "attach_rmdir").count(), 1, "{k:?}");
-    assert_eq!(k.len(), 9, "{k:?}");
+    assert_eq!(k.iter().filter(|a| *a == "attach_release").count(), 1, "{k:?}");
+    assert_eq!(k.len(), 10, "{k:?}");
     let out = w.try_cgacct(&["plan", "--detailed-exitcode", w.layout_arg()], &[]);
     assert_eq!(code(&out), 4, "plan with changes pending");
     let dry = w.try_cgacct(&["apply", "--dry-run", w.layout_arg()], &[]);
@@ -194,9 +195,11 @@ fn a_new_build_takes_over_in_place_without_losing_a_packet() {
     let (updated, replaced) = if tcx() { (7, 0) } else { (5, 2) };
     assert_eq!(k.iter().filter(|a| *a == "update_link").count(), updated, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "attach_tc").count(), replaced, "{k:?}");
-    // A tracing link cannot move in place: the cgroup_rmdir one is replaced.
+    // Tracing links cannot move in place: cgroup_rmdir's and
+    // cgroup_release's are replaced.
     assert_eq!(k.iter().filter(|a| *a == "attach_rmdir").count(), 1, "{k:?}");
-    assert_eq!(k.len(), 9, "{k:?}");
+    assert_eq!(k.iter().filter(|a| *a == "attach_release").count(), 1, "{k:?}");
+    assert_eq!(k.len(), 10, "{k:?}");
     // 400 datagrams, 1 ms apart, sent while the upgrade runs.
     std::thread::scope(|s| {
         let sender = s.spawn(|| w.send_udp("a.scope", false, 400, 64));
@@ -295,7 +298,7 @@ fn concurrent_applies_are_serialized() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains("another cgacct-pin"), "{err}");
-    assert!(w.plan().len() == 9, "the refused apply changed something");
+    assert!(w.plan().len() == 10, "the refused apply changed something");
     drop(dir);
     // Four applies at once: all succeed, the kernel holds the layout once.
     let outs: Vec<_> = std::thread::scope(|s| {

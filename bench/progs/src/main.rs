@@ -24,9 +24,8 @@ use aya_ebpf::{
 use cgacct_common::Counters;
 
 // The production packet measurement, compiled here unchanged.
-#[allow(dead_code)]
-#[path = "../../../programs/src/account.rs"]
-mod account;
+#[path = "../../../programs/src/measure.rs"]
+mod measure;
 
 const PASS: i32 = 1;
 const NEXT: i32 = -1;
@@ -54,7 +53,7 @@ pub fn naive_cg(ctx: SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: helper call on the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let (bytes, packets) = account::measure(skb, 0);
+    let (bytes, packets) = measure::measure(skb, 0);
     shared_add(&NAIVE_CGROUP_STATS, &cgroup_id, bytes, packets);
     PASS
 }
@@ -64,7 +63,7 @@ pub fn naive_tc(ctx: TcContext) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: helper call and field read on the program's context.
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
-    let (bytes, packets) = account::measure(skb, ETH_HLEN);
+    let (bytes, packets) = measure::measure(skb, ETH_HLEN);
     shared_add(&NAIVE_TC_CGROUP_STATS, &cgroup_id, bytes, packets);
     shared_add(&NAIVE_IFACE_STATS, &ifindex, bytes, packets);
     NEXT

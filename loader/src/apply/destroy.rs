@@ -31,10 +31,11 @@ pub fn destroy(o: &Observed) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             removed.push(pin);
         }
     }
-    let rmdir = pins.rmdir_link();
-    if rmdir.exists() {
-        fs::remove_file(&rmdir)?;
-        removed.push(rmdir);
+    for link in [pins.rmdir_link(), pins.release_link()] {
+        if link.exists() {
+            fs::remove_file(&link)?;
+            removed.push(link);
+        }
     }
     for name in object::PROGRAMS {
         let p = pins.prog(name);

@@ -49,7 +49,13 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
             aya::programs::Program::SchedClassifier(p) => p.load()?,
             aya::programs::Program::CgroupSkb(p) => p.load()?,
             aya::programs::Program::Iter(p) => p.load("cgroup", &btf)?,
-            aya::programs::Program::BtfTracePoint(p) => p.load("cgroup_rmdir", &btf)?,
+            aya::programs::Program::BtfTracePoint(p) => {
+                let (_, tracepoint) = object::TRACEPOINTS
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
+                p.load(tracepoint, &btf)?
+            }
             _ => bail!("program {name} has an unexpected type"),
         }
         sys::fault::step();

@@ -150,7 +150,12 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
         Action::PinStats {
             cgroup, pin, replace, ..
         } => pin_stats(layout, o, s, cgroup, pin, replace.is_some()),
-        Action::AttachRmdir { pin, replace } => attach_rmdir(layout, pins, pin, replace.is_some()),
+        Action::AttachRmdir { pin, replace } => {
+            attach_tracing(layout, pins, prog::CGROUP_RMDIR, pin, replace.is_some())
+        }
+        Action::AttachRelease { pin, replace } => {
+            attach_tracing(layout, pins, prog::CGROUP_RELEASE, pin, replace.is_some())
+        }
         Action::Unpin { pin, .. } => {
             sys::fault::step();
             tc::attach::release(pins, pin)?;
@@ -249,13 +254,13 @@ fn pin_stats(
     Ok(access::settle(&layout.access, pins, pin)?)
 }
 
-fn attach_rmdir(layout: &Layout, pins: &Pins, pin: &Path, replace: bool) -> Result<()> {
+fn attach_tracing(layout: &Layout, pins: &Pins, program: &str, pin: &Path, replace: bool) -> Result<()> {
     remove_old(pins, pin, replace)?;
-    let mut p = BtfTracePoint::from_pin(pins.prog(prog::CGROUP_RMDIR))?;
+    let mut p = BtfTracePoint::from_pin(pins.prog(program))?;
     sys::fault::step();
-    let id = p
-        .attach()
-        .context("attaching to the cgroup_rmdir tracepoint (needs BTF and CAP_BPF + CAP_PERFMON)")?;
+    let id = p.attach().with_context(|| {
+        format!("attaching {program} to its tracepoint (needs BTF and CAP_BPF + CAP_PERFMON)")
+    })?;
     let link: FdLink = p.take_link(id)?.into();
     pin_link(layout, pins, pin, link)
 }

@@ -6,6 +6,7 @@
 //! <root>/maps/<map>                   pinned shared maps (lower-case names)
 //! <root>/links/tc/<ifname>/<dir>      TCX links (clsact: the attached program), dir = ingress | egress
 //! <root>/links/cgroup/<id>/<dir>      cgroup_skb links, by cgroup id
+//! <root>/links/tracing/<tracepoint>   cgroup_rmdir and cgroup_release links
 //! <root>/<cgroup path>/net.stat       cgroup iterator links, mirroring cgroupfs
 //! ```
 //!
@@ -84,7 +85,17 @@ impl Pins {
 
     /// The link of the `cgroup_rmdir` tracepoint program.
     pub fn rmdir_link(&self) -> PathBuf {
-        self.root.join(LINKS_DIR).join("tracing").join("cgroup_rmdir")
+        self.tracing_link("cgroup_rmdir")
+    }
+
+    /// The link of the `cgroup_release` tracepoint program.
+    pub fn release_link(&self) -> PathBuf {
+        self.tracing_link("cgroup_release")
+    }
+
+    /// The link of a BTF tracepoint program, by tracepoint.
+    pub fn tracing_link(&self, tracepoint: &str) -> PathBuf {
+        self.root.join(LINKS_DIR).join("tracing").join(tracepoint)
     }
 
     pub fn cgroup_link(&self, id: u64, dir: Direction) -> PathBuf {

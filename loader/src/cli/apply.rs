@@ -7,6 +7,7 @@ use crate::{
     bpffs::root::{self, RootLock},
     observe::host,
     plan::Action,
+    report::capacity,
     tc::Mode,
 };
 
@@ -79,5 +80,13 @@ pub fn run(a: Args) -> Result<Done, Failure> {
             source: e.context("setting the owners of attached interfaces"),
         })
     })?;
+    // Counting goes on whatever this says: a warning, never a failure.
+    match capacity::read(&o.pins) {
+        Ok(cap) => cap
+            .warnings()
+            .iter()
+            .for_each(|w| eprintln!("cgacct-pin: warning: {w}")),
+        Err(e) => eprintln!("cgacct-pin: warning: reading how full the maps are: {e:#}"),
+    }
     Ok(if owners { Done::Changed } else { done(&actions) })
 }

@@ -127,6 +127,7 @@ pub fn read(
     link_pins.extend(tree.two_level(&pins.cgroup_links()));
     link_pins.extend(tree.stats_files(pins));
     link_pins.push(pins.rmdir_link());
+    link_pins.push(pins.release_link());
     for pin in link_pins.into_iter().filter(|p| p.exists()) {
         let state = read_pin(pins, &pin, interfaces)?;
         held.links.insert(pin, state);

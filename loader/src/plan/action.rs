@@ -65,6 +65,13 @@ pub enum Action {
         #[serde(skip_serializing_if = "Option::is_none")]
         replace: Option<String>,
     },
+    /// Attach the `cgroup_release` tracepoint program (a removed cgroup
+    /// released by the kernel: what came late folded, its entries ended).
+    AttachRelease {
+        pin: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replace: Option<String>,
+    },
     /// Remove a pin that the layout no longer wants (detaches a link,
     /// releases a removed cgroup held by its stats file).
     Unpin {
@@ -158,6 +165,12 @@ impl fmt::Display for Action {
                 verb(replace),
                 pin.display()
             ),
+            Action::AttachRelease { pin, replace } => write!(
+                f,
+                "{}attach the cgroup_release tracepoint -> {}",
+                verb(replace),
+                pin.display()
+            ),
         }
     }
 }
@@ -171,6 +184,7 @@ impl Action {
             | Action::AttachCgroup { pin, .. }
             | Action::PinStats { pin, .. }
             | Action::AttachRmdir { pin, .. }
+            | Action::AttachRelease { pin, .. }
             | Action::ReplaceMap { pin, .. }
             | Action::UpdateLink { pin, .. }
             | Action::Unpin { pin, .. } => Some(pin),

@@ -3,7 +3,7 @@
 //! tests build observed states by hand and check the actions.
 //!
 //! One planner per kind of thing ([`programs`]: programs, maps, the
-//! cgroup_rmdir link; [`hooks`]: TC, cgroup_skb, stats files; [`access`]:
+//! tracepoint links; [`hooks`]: TC, cgroup_skb, stats files; [`access`]:
 //! owners and modes), each judging pinned links with one verdict helper.
 use std::{collections::BTreeSet, path::PathBuf};
 
@@ -28,7 +28,7 @@ mod tests;
 pub use check::{check_names, unmatched, Unmatched};
 
 /// The actions that bring what was observed to the layout, in the order
-/// `apply` runs them: programs and maps first, then the rmdir link, TC,
+/// `apply` runs them: programs and maps first, then the tracepoint links, TC,
 /// cgroup_skb and stats files (attachments, then unpins), links moved to
 /// the pinned programs, strays detached, maps swapped, access settled.
 pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action>> {
@@ -39,7 +39,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .map(|reason| Action::LoadPrograms { reason })
         .into_iter()
         .collect();
-    actions.extend(programs::rmdir_link(&o.pins, &o.held, reload));
+    actions.extend(programs::tracing_links(&o.pins, &o.held, reload));
 
     let c = hooks::Ctx {
         layout,

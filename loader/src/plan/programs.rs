@@ -1,12 +1,13 @@
 //! The programs and maps: load (first time, missing pieces, upgrade),
-//! replace maps whose shape no longer fits, and the cgroup_rmdir link.
+//! replace maps whose shape no longer fits, and the tracepoint links
+//! (cgroup_rmdir, cgroup_release).
 use anyhow::{bail, Result};
 use cgacct_common::{maps, programs as prog};
 
 use super::action::{Action, MapPolicy};
 use crate::{
     bpffs::Pins,
-    object::{self, wanted_maps, PROGRAMS, REBUILT_MAPS},
+    object::{self, wanted_maps, PROGRAMS, REBUILT_MAPS, TRACEPOINTS},
     observe::Held,
     spec::Layout,
 };
@@ -32,21 +33,26 @@ pub fn load_reason(held: &Held, replacing_maps: bool) -> Option<String> {
     }
 }
 
-/// The cgroup_rmdir tracepoint's link: a tracing link cannot move to
-/// another program in place, so a new build replaces it.
-pub fn rmdir_link(pins: &Pins, held: &Held, reload: bool) -> Option<Action> {
-    let pin = pins.rmdir_link();
-    let replace = match held.links.get(&pin) {
-        None => None,
-        Some(Some(l))
-            if !reload && held.programs.get(prog::CGROUP_RMDIR).map(|p| p.id) == Some(l.prog_id) =>
-        {
-            return None
-        }
-        Some(Some(_)) => Some("a tracing link cannot move to another program in place".to_string()),
-        Some(None) => Some("the pin is not a readable link".to_string()),
-    };
-    Some(Action::AttachRmdir { pin, replace })
+/// The tracepoints' links (cgroup_rmdir, cgroup_release): a tracing link
+/// cannot move to another program in place, so a new build replaces them.
+pub fn tracing_links(pins: &Pins, held: &Held, reload: bool) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (program, tracepoint) in TRACEPOINTS {
+        let pin = pins.tracing_link(tracepoint);
+        let replace = match held.links.get(&pin) {
+            None => None,
+            Some(Some(l)) if !reload && held.programs.get(program).map(|p| p.id) == Some(l.prog_id) => {
+                continue
+            }
+            Some(Some(_)) => Some("a tracing link cannot move to another program in place".to_string()),
+            Some(None) => Some("the pin is not a readable link".to_string()),
+        };
+        out.push(match program {
+            prog::CGROUP_RMDIR => Action::AttachRmdir { pin, replace },
+            _ => Action::AttachRelease { pin, replace },
+        });
+    }
+    out
 }
 
 /// Pinned maps whose shape differs from what this build and layout need.

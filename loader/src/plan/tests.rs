@@ -44,7 +44,7 @@ fn link(id: u32, prog_id: u32, target: LinkTarget) -> Option<LinkState> {
     Some(LinkState { id, prog_id, target })
 }
 
-/// What the kernel holds once `layout()` is applied: programs 1..=6, maps
+/// What the kernel holds once `layout()` is applied: programs 1..=7, maps
 /// of the wanted shapes, every link where it belongs.
 fn converged(l: &Layout) -> Held {
     let p = pins();
@@ -56,13 +56,14 @@ fn converged(l: &Layout) -> Held {
         held.programs.insert(name, HeldProgram { id: i as u32 + 1 });
     }
     let id = |name: &str| held.programs[name].id;
-    let (tc_in, tc_eg, cg_in, cg_eg, iter, rmdir) = (
+    let (tc_in, tc_eg, cg_in, cg_eg, iter, rmdir, release) = (
         id(prog::TC_INGRESS),
         id(prog::TC_EGRESS),
         id(prog::CGROUP_INGRESS),
         id(prog::CGROUP_EGRESS),
         id(prog::CGROUP_ITER),
         id(prog::CGROUP_RMDIR),
+        id(prog::CGROUP_RELEASE),
     );
     held.maps = wanted_maps(&l.maps).into_iter().collect();
     let tcx = |attach_type| LinkTarget::Tcx {
@@ -97,6 +98,10 @@ fn converged(l: &Layout) -> Held {
             p.rmdir_link(),
             link(26, rmdir, LinkTarget::Other { link_type: 2 }),
         ),
+        (
+            p.release_link(),
+            link(27, release, LinkTarget::Other { link_type: 2 }),
+        ),
     ];
     held.links = links.into_iter().collect();
     held
@@ -128,6 +133,7 @@ fn from_nothing_everything_is_made_in_order() {
         [
             "load_programs",
             "attach_rmdir",
+            "attach_release",
             "attach_tc",
             "attach_tc",
             "attach_cgroup",
@@ -143,7 +149,7 @@ fn from_nothing_everything_is_made_in_order() {
         }
     );
     assert!(
-        matches!(&actions[7], Action::PinStats { id: 11, pin, replace: None, .. }
+        matches!(&actions[8], Action::PinStats { id: 11, pin, replace: None, .. }
         if pin.as_path() == Path::new("/sys/fs/bpf/t/app/web/net.stat"))
     );
 }
@@ -220,10 +226,44 @@ fn a_new_build_reloads_and_moves_every_movable_link() {
     let actions = plan(&l, &observed(held, Tree::default()), MapPolicy::Refuse).expect("plan");
     let k = kinds(&actions);
     assert_eq!(k[0], "load_programs");
-    // The tracing link cannot move: replaced; the six others move in place.
+    // The tracing links cannot move: replaced; the six others move in place.
     assert_eq!(k[1], "attach_rmdir");
+    assert_eq!(k[2], "attach_release");
     assert_eq!(k.iter().filter(|k| *k == "update_link").count(), 6, "{k:?}");
-    assert_eq!(k.len(), 8, "{k:?}");
+    assert_eq!(k.len(), 9, "{k:?}");
+}
+
+/// A root made by a build before `cgroup_release`, `DYING` and `OVERFLOW`:
+/// one load reuses every pinned map and makes the new ones, every link
+/// moves or is replaced, nothing asks about maps.
+#[test]
+fn an_older_build_without_the_new_program_and_maps_is_upgraded_in_place() {
+    let l = layout("");
+    let mut held = converged(&l);
+    held.build = Some(object::this_build() ^ 1);
+    held.programs.remove(prog::CGROUP_RELEASE);
+    held.maps.remove(maps::DYING);
+    held.maps.remove(maps::OVERFLOW);
+    held.links.remove(&pins().release_link());
+    let actions = plan(&l, &observed(held, Tree::default()), MapPolicy::Refuse).expect("plan");
+    let k = kinds(&actions);
+    assert_eq!(
+        actions[0],
+        Action::LoadPrograms {
+            reason: "programs are missing".into()
+        }
+    );
+    assert!(
+        matches!(&actions[1], Action::AttachRmdir { replace: Some(_), .. }),
+        "{k:?}"
+    );
+    assert!(
+        matches!(&actions[2], Action::AttachRelease { replace: None, .. }),
+        "{k:?}"
+    );
+    assert_eq!(k.iter().filter(|k| *k == "update_link").count(), 6, "{k:?}");
+    assert!(!k.iter().any(|k| k == "replace_map"), "{k:?}");
+    assert_eq!(k.len(), 9, "{k:?}");
 }
 
 #[test]

@@ -8,13 +8,18 @@
 //!
 //! Per-cgroup series carry the cgroup's own counts (its own sockets, never
 //! its subtree), so `sum()` over any set of cgroups counts each packet once.
-//! Series of a removed cgroup end when it is removed.
+//! Series of a removed cgroup end when it is removed. What full maps could
+//! not take, and how full each map is, are series of their own
+//! (`cgacct_overflow_*_total`, `cgacct_map_*entries`).
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _, Result};
 use cgacct_common::{Counters, UNATTRIBUTED_CGROUP};
 
-use super::read::{self, Snapshot};
+use super::{
+    capacity::{self, Capacity},
+    read::{self, Snapshot},
+};
 use crate::{
     bpffs::Pins,
     follow::cgroup_tree::{CgroupTree, Entry},
@@ -215,17 +220,58 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, names: &Table, ifnames: &BTree
     out
 }
 
+/// The overflow buckets and the maps' fill.
+pub fn render_capacity(out: &mut String, cap: &Capacity) {
+    for (unit, pick) in [
+        (
+            "packets",
+            (|b: &capacity::Bucket| b.packets) as fn(&capacity::Bucket) -> u64,
+        ),
+        ("bytes", |b: &capacity::Bucket| b.bytes),
+    ] {
+        let name = format!("cgacct_overflow_{unit}_total");
+        let help = format!(
+            "Network-layer {unit} counted in no cgroup because a map was full (no entry could be \
+             made), by map and counter family (socket, tc, veth, iface)."
+        );
+        let mut f = Family::new(out, &name, "counter", &help);
+        for b in &cap.overflow {
+            f.sample(&name, &[("map", &b.map), ("family", b.family)], pick(b));
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "cgacct_map_entries",
+            "Entries in use in a fixed-size map (dying: removed cgroups the kernel still holds).",
+            (|m: &capacity::MapUse| m.entries) as fn(&capacity::MapUse) -> u32,
+        ),
+        (
+            "cgacct_map_max_entries",
+            "Size of a fixed-size map, set by the layout's [maps] keys.",
+            |m: &capacity::MapUse| m.max_entries,
+        ),
+    ] {
+        let mut f = Family::new(out, name, "gauge", help);
+        for m in &cap.maps {
+            f.sample(name, &[("map", &m.name)], u64::from(pick(m)));
+        }
+    }
+}
+
 /// What one scrape reads. Names are the resolver's latest: a scrape never
 /// waits for a runtime.
 pub fn scrape(pins: &Pins, tree: &mut CgroupTree, names: &Resolver) -> Result<String> {
     let changes = tree.drain().context("following cgroupfs")?;
     crate::follow::look_for(names, tree, &changes);
     let snap = read::snapshot(pins).context("reading the pinned maps")?;
+    let cap = capacity::read(pins).context("reading how full the maps are")?;
     let ifnames = host::interfaces()?
         .into_iter()
         .map(|i| (i.ifindex, i.name))
         .collect();
-    Ok(render(&snap, tree, &names.table(), &ifnames))
+    let mut out = render(&snap, tree, &names.table(), &ifnames);
+    render_capacity(&mut out, &cap);
+    Ok(out)
 }
 
 /// Serves `/metrics` on `listen` until killed. Prints the bound address
@@ -367,6 +413,34 @@ mod tests {
             assert!(text.lines().any(|x| x == want), "missing {want:?} in\n{text}");
         }
         assert_eq!(text.matches("cgacct_socket_bytes_total{").count(), 2, "{text}");
+        let mut text = text;
+        let cap = Capacity {
+            maps: vec![capacity::MapUse {
+                name: "cgroup_stats".into(),
+                entries: 16,
+                max_entries: 16,
+                full_percent: 100,
+                layout_key: Some("[maps] cgroups"),
+                overflow: None,
+                warns: true,
+            }],
+            overflow: vec![capacity::Bucket {
+                bucket: "departed_tc",
+                map: "departed".into(),
+                family: "tc",
+                packets: 3,
+                bytes: 300,
+            }],
+        };
+        render_capacity(&mut text, &cap);
+        for want in [
+            "cgacct_overflow_packets_total{map=\"departed\",family=\"tc\"} 3",
+            "cgacct_overflow_bytes_total{map=\"departed\",family=\"tc\"} 300",
+            "cgacct_map_entries{map=\"cgroup_stats\"} 16",
+            "cgacct_map_max_entries{map=\"cgroup_stats\"} 16",
+        ] {
+            assert!(text.lines().any(|x| x == want), "missing {want:?} in\n{text}");
+        }
         // Every family has HELP and TYPE before its samples.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().expect("name");

@@ -1,10 +1,11 @@
 //! Final totals of removed cgroups, as the `cgroup_rmdir` tracepoint
 //! recorded them in the pinned `REMOVED` map (an LRU hash: when full, the
-//! oldest records go first; `watch --keep-removed` prunes old ones).
-use std::path::Path;
+//! oldest records go first; `watch --keep-removed` prunes old ones), with
+//! what their sockets counted after the removal (`DYING`).
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Result;
-use cgacct_common::{Counters, Totals};
+use cgacct_common::{Counters, Dying, Totals};
 use serde::Serialize;
 
 use crate::{
@@ -35,6 +36,11 @@ pub struct Record {
     pub descendants: u64,
     pub own: TotalsOut,
     pub subtree: TotalsOut,
+    /// Counted after the removal, by sockets made in the cgroup that lived
+    /// on (added to the nearest live ancestor's subtree keys).
+    pub late: TotalsOut,
+    /// The kernel still holds the cgroup: a socket made in it lives.
+    pub dying: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -77,6 +83,10 @@ impl From<Totals> for TotalsOut {
 /// Every record, newest first, named from `names`.
 pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
     let map = prune::open(pins)?;
+    let dying: BTreeMap<u64, Dying> = match prune::open_dying(pins)? {
+        Some(d) => d.iter().filter_map(Result::ok).collect(),
+        None => BTreeMap::new(),
+    };
     let boot = clock_ns(libc::CLOCK_BOOTTIME);
     let real = clock_ns(libc::CLOCK_REALTIME);
     let mut out = Vec::new();
@@ -85,6 +95,7 @@ pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
         let end = r.path.iter().position(|b| *b == 0).unwrap_or(r.path.len());
         let age = boot.saturating_sub(r.removed_at_ns);
         let cgroup = String::from_utf8_lossy(&r.path[..end]).into_owned();
+        let d = dying.get(&id).copied().unwrap_or_default();
         out.push(Record {
             id,
             parent_id: r.parent_id,
@@ -95,6 +106,8 @@ pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
             descendants: r.descendants,
             own: r.own.into(),
             subtree: r.subtree.into(),
+            late: d.late.into(),
+            dying: dying.contains_key(&id) && d.released_at_ns == 0,
         });
     }
     out.sort_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
@@ -118,21 +131,28 @@ pub fn show(root: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>8} {:>12} {:>8} {:>12} {:>8} {:>5}  {:<28} cgroup",
-        "age_s", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts", "desc", "name"
+        "{:>8} {:>12} {:>8} {:>12} {:>8} {:>5} {:>8} {:>8}  {:<28} cgroup",
+        "age_s", "rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts", "desc", "late_rx", "late_tx", "name"
     );
     for r in records {
-        let s = &r.subtree.socket;
+        let (s, l) = (&r.subtree.socket, &r.late.socket);
         println!(
-            "{:>8.1} {:>12} {:>8} {:>12} {:>8} {:>5}  {:<28} {}",
+            "{:>8.1} {:>12} {:>8} {:>12} {:>8} {:>5} {:>8} {:>8}  {:<28} {}{}",
             r.age_seconds,
             s.rx_bytes,
             s.rx_packets,
             s.tx_bytes,
             s.tx_packets,
             r.descendants,
+            l.rx_packets,
+            l.tx_packets,
             r.known.identity.name,
-            r.cgroup
+            r.cgroup,
+            if r.dying {
+                " (dying: a socket lives on)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

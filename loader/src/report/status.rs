@@ -1,12 +1,16 @@
-//! `cgacct-pin status`: what is pinned and attached under a root, and the
-//! counters of every cgroup and interface, named.
+//! `cgacct-pin status`: what is pinned and attached under a root, the
+//! counters of every cgroup and interface, named, and how full the maps
+//! are (with what full maps could not take).
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use cgacct_common::Counters;
 use serde_json::json;
 
-use super::read::{self, Snapshot};
+use super::{
+    capacity::{self, Capacity},
+    read::{self, Snapshot},
+};
 use crate::{
     bpffs::{names, walk::Tree, Pins},
     object,
@@ -28,6 +32,7 @@ struct Status {
     cgroup_links: Vec<std::path::PathBuf>,
     stats_files: usize,
     snap: Snapshot,
+    capacity: Capacity,
     names: BTreeMap<u64, String>,
     /// What the container runtimes say about the cgroups.
     runtimes: Table,
@@ -61,6 +66,7 @@ impl Status {
             cgroup_links: tree.two_level(&pins.cgroup_links()),
             stats_files: tree.stats_files(&pins).len(),
             snap: read::snapshot(&pins).context("reading the pinned maps")?,
+            capacity: capacity::read(&pins).context("reading how full the maps are")?,
             names: host::cgroup_names(&host::cgroup2_mount()?)?,
             runtimes: runtime::ask_for(root),
             ifnames: host::interfaces()?
@@ -111,6 +117,9 @@ impl Status {
 /// layout's `[tc] attach`, or the probe's answer).
 pub fn show(root: &Path, tc: &tc::Choice, json: bool) -> Result<()> {
     let s = Status::read(root)?;
+    for w in s.capacity.warnings() {
+        eprintln!("cgacct-pin: warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&to_json(&s, tc))?);
     } else {
@@ -135,6 +144,7 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
             })
             .collect()
     };
+    let cap = s.capacity.to_json();
     json!({
         "root": s.root,
         "build": s.build, "this_build": s.this_build,
@@ -146,6 +156,7 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "veth_cgroups": by_cgroup(&s.snap.veth),
         "runtimes": s.runtimes.answers,
         "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
+        "maps": cap["maps"], "overflow": cap["overflow"], "warnings": cap["warnings"],
     })
 }
 
@@ -212,6 +223,12 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     let mut h = head("in_bytes", "in_pkts", "out_bytes", "out_pkts", "interface (tc)");
     h[0] = "ifindex";
     table(h, ifaces.collect());
+    s.capacity.print();
+    print_runtimes(s);
+}
+
+/// Where the names came from.
+fn print_runtimes(s: &Status) {
     println!();
     for a in &s.runtimes.answers {
         let from = match a.source {

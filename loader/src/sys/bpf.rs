@@ -4,7 +4,8 @@
 //! a link's target (aya's `LinkInfo` has only ids and type), updating and
 //! detaching a link, querying and detaching what is attached to a cgroup or
 //! interface hook, reading a map value of a size known only at run time,
-//! reading a map in batches (`BPF_MAP_LOOKUP_BATCH`), probing for TCX,
+//! reading a map in batches (`BPF_MAP_LOOKUP_BATCH`), counting a map's
+//! keys of a size known only at run time, probing for TCX,
 //! and telling what kind of object a bpffs pin holds. Every error names the
 //! command that failed ([`SysError`]).
 use std::{
@@ -53,6 +54,7 @@ fn name(cmd: bpf_cmd) -> &'static str {
         bpf_cmd::BPF_PROG_LOAD => "bpf(BPF_PROG_LOAD)",
         bpf_cmd::BPF_MAP_LOOKUP_ELEM => "bpf(BPF_MAP_LOOKUP_ELEM)",
         bpf_cmd::BPF_MAP_LOOKUP_BATCH => "bpf(BPF_MAP_LOOKUP_BATCH)",
+        bpf_cmd::BPF_MAP_GET_NEXT_KEY => "bpf(BPF_MAP_GET_NEXT_KEY)",
         _ => "bpf",
     }
 }
@@ -329,6 +331,32 @@ pub fn array_value(map: BorrowedFd<'_>, value_size: usize) -> Result<Vec<u8>, Sy
     attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
     bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     Ok(value)
+}
+
+/// How many keys of `key_size` bytes a hash map holds, walked with
+/// `BPF_MAP_GET_NEXT_KEY`, at most `limit` (a walk that meets a deleted key
+/// starts over, so a map that changes meanwhile can count some twice).
+pub fn map_key_count(map: BorrowedFd<'_>, key_size: usize, limit: u32) -> Result<u32, SysError> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0;
+    while n < limit {
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+        // NULL key: the first one.
+        if n > 0 {
+            attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+        }
+        attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+        match bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.errno() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        std::mem::swap(&mut key, &mut next);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// One `BPF_MAP_LOOKUP_BATCH` of a hash map: copies up to `count` entries
