@@ -58,6 +58,15 @@ proc_alive() {
   [ "${s%% *}" != Z ]
 }
 
+# PIDs of the dockerd processes that run (zombies not counted), space separated.
+live_dockerds() {
+  local pid out=''
+  for pid in $(pgrep -x dockerd); do
+    proc_alive "$pid" && out+="$pid "
+  done
+  echo "${out% }"
+}
+
 # Removes what the container demo made, as its state says (the variables
 # below), and nothing else. Used by demo.sh on exit and by cleanup.sh.
 #   D_DOCKER      the docker command
@@ -71,7 +80,7 @@ proc_alive() {
 # something is left.
 D_REMOVED=0
 docker_demo_remove() {
-  local left=0 n got dir i
+  local left=0 n got dir i others
   if [ -n "$D_DOCKER" ] && [ -n "$D_TOKEN" ] && docker_answers "$D_DOCKER"; then
     for n in "${DEMO_CONTAINERS[@]}"; do
       got=$("$D_DOCKER" inspect --type container -f "{{index .Config.Labels \"$DEMO_LABEL\"}}" "$n" 2>/dev/null) || continue
@@ -117,8 +126,9 @@ docker_demo_remove() {
     fi
     # What that dockerd made and leaves behind when it stops.
     if [ "${D_DOCKER0_MADE:-0}" = 1 ] && ip link show dev docker0 >/dev/null 2>&1; then
-      if pgrep -x dockerd >/dev/null; then
-        info "leaving bridge docker0: another dockerd runs now (pid $(pgrep -x dockerd | tr '\n' ' '))"
+      others=$(live_dockerds)
+      if [ -n "$others" ]; then
+        info "leaving bridge docker0: another dockerd runs now (pid $others)"
       elif ip link del docker0; then
         info "removed bridge docker0 (made by that dockerd)"
         D_REMOVED=$((D_REMOVED + 1))
