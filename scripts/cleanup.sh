@@ -15,6 +15,10 @@
 #   the veth vethcgd0
 #   the cgroup subtree <cgroup2 mount>/cgacct-demo: processes still in it are moved to the
 #     cgroup2 root first, then the cgroups are removed deepest first
+#   for the container demo (MODE=docker in the state file): its containers cgacct-demo-web,
+#     -client, -talker and its image cgacct-demo-busybox:<pid>, each only if it carries the
+#     label io.cgacct.demo with the demo's token; a dockerd the demo started (by its PID, checked
+#     against its start time), and the docker0 bridge and /docker cgroups that dockerd made
 #   the demo's scratch directory /tmp/cgacct-demo.* named in the state file, and the state file
 # Processes still in the demo's cgroups (only after a SIGKILLed demo) are moved, not
 # killed: they are the demo's bounded senders and echo server and end by themselves.
@@ -28,7 +32,10 @@ Removes, as root, what scripts/demo.sh creates: the cgacct pin root via
 `cgacct-pin destroy pin-layout.toml` (only when /run/cgacct-demo.state says the
 demo made it), the netns cgacct-demo-<pid>, the veth vethcgd0, the cgroup
 subtree <cgroup2 mount>/cgacct-demo (moving any processes left in it to the
-cgroup2 root) and the state file. Safe to run more than once.
+cgroup2 root) and the state file. After the container demo: its containers and
+image (only those with its label io.cgacct.demo=<token>), the dockerd it
+started (by PID), and the docker0 bridge and /docker cgroups that dockerd
+made. Safe to run more than once.
 EOF
 }
 
@@ -53,17 +60,34 @@ demo_running() {
 }
 
 # ---- the state file of demo.sh (plain KEY=value lines; read, never sourced) ----
-S_PID='' S_NETNS='' S_BPF_ROOT='' S_TMP=''
+S_PID='' S_NETNS='' S_BPF_ROOT='' S_TMP='' S_MODE=''
+D_DOCKER='' D_TOKEN='' D_IMAGE='' D_DOCKERD_PID='' D_DOCKERD_START='' D_DOCKER0_MADE=0 D_CGROUPS_MADE='' D_RUNDIR_MADE=0
 if [ -f "$STATE" ]; then
   while IFS='=' read -r key value; do
     case "$key" in
       PID) S_PID=$value ;;
+      MODE) S_MODE=$value ;;
       NETNS) S_NETNS=$value ;;
       BPF_ROOT) S_BPF_ROOT=$value ;;
       TMP) S_TMP=$value ;;
+      DOCKER) D_DOCKER=$value ;;
+      TOKEN) D_TOKEN=$value ;;
+      IMAGE) D_IMAGE=$value ;;
+      DOCKERD_PID) D_DOCKERD_PID=$value ;;
+      DOCKERD_START) D_DOCKERD_START=$value ;;
+      DOCKER0_MADE) D_DOCKER0_MADE=$value ;;
+      CGROUPS_MADE) D_CGROUPS_MADE=$value ;;
+      RUNDIR_MADE) D_RUNDIR_MADE=$value ;;
     esac
   done <"$STATE"
   [[ "$S_PID" =~ ^[0-9]+$ ]] || S_PID=''
+  if [ "$S_MODE" = docker ]; then
+    [[ "$D_DOCKER" =~ ^/[A-Za-z0-9/._-]+$ ]] && [ -x "$D_DOCKER" ] || D_DOCKER=$(docker_cli)
+    [[ "$D_TOKEN" =~ ^[0-9]+-[0-9]+$ ]] || D_TOKEN=''
+    [[ "$D_IMAGE" =~ ^$PREFIX-busybox:[0-9]+$ ]] || D_IMAGE=''
+    [[ "$D_DOCKERD_PID" =~ ^[0-9]+$ ]] && [[ "$D_DOCKERD_START" =~ ^[0-9]+$ ]] || D_DOCKERD_PID='' D_DOCKERD_START=''
+    [ -n "$D_TOKEN" ] || info "no valid TOKEN in $STATE: the demo's containers and image cannot be told from others; leaving them"
+  fi
   [[ "$S_NETNS" =~ ^$PREFIX-[0-9]+$ ]] || { [ -z "$S_NETNS" ] || info "ignoring odd netns name in $STATE: $S_NETNS"; S_NETNS=''; }
   info "state file $STATE: demo pid ${S_PID:-?}, netns ${S_NETNS:-?}, pin root ${S_BPF_ROOT:-?}"
   if demo_running "$S_PID" && grep -q '^KEPT=0' "$STATE"; then
@@ -96,6 +120,12 @@ else
     info "could not remove $BPF_ROOT with $BIN destroy"
     left=1
   fi
+fi
+
+# ---- the container demo: containers, image, a dockerd it started ----
+if [ "$S_MODE" = docker ]; then
+  docker_demo_remove || left=1
+  removed=$((removed + D_REMOVED))
 fi
 
 # ---- the netns (and with it the veth peer) ----

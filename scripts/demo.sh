@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# End-to-end demo of cgacct, as root: builds a small world under the prefix
-# "cgacct-demo", applies the DEFAULT pin layout, sends a known number of UDP
-# datagrams from processes in the demo's cgroups and shows the counters.
+# End-to-end demo of cgacct, as root. Where Docker can be used (a dockerd
+# answers, or one can be started here), the container demo
+# (scripts/demo-docker.sh): three busybox containers on docker0, a web
+# server, a client pulling from it and a background talker, a layout of the
+# demo's own, and their net.stat files, `status` and `top --once` with the
+# containers' names. Otherwise, or with CGACCT_DEMO=netns, the netns demo:
+# it builds a small world under the prefix "cgacct-demo", applies the DEFAULT
+# pin layout, sends a known number of UDP datagrams from processes in the
+# demo's cgroups and shows the counters.
 #
-#   scripts/demo.sh           run the demo and remove everything it made
-#   scripts/demo.sh --keep    leave it all in place; remove later with scripts/cleanup.sh
+#   scripts/demo.sh                     run the demo and remove everything it made
+#   scripts/demo.sh --keep              leave it all in place; remove later with scripts/cleanup.sh
+#   CGACCT_DEMO=netns scripts/demo.sh   the netns demo, even where Docker runs
+#   CGACCT_DEMO=docker scripts/demo.sh  the container demo, or fail (no fallback)
 #   scripts/demo.sh --help
 #
-# What it creates (and refuses to run if any of it already exists):
+# What the netns demo creates (and refuses to run if any of it already exists):
 #   <cgroup2 mount>/cgacct-demo/{web.slice/{nginx.scope,api.scope},db.slice/postgres.scope,sink.scope}
 #   netns cgacct-demo-<pid>, veth pair vethcgd0 (host) <-> vethcgd0p (in the netns),
 #   10.213.0.1/30 + fd00:213::1/64 on the host side, 10.213.0.2/30 + fd00:213::2/64 in the netns
@@ -23,17 +31,40 @@ usage() {
   cat <<'EOF'
 Usage: scripts/demo.sh [--keep] [--help]
 
-Runs cgacct end to end as root: scripts/setup.sh, cargo build --release, then a
-demo world (cgroups under <cgroup2 mount>/cgacct-demo, netns cgacct-demo-<pid>,
-veth vethcgd0 with 10.213.0.0/30 and fd00:213::/64), `cgacct-pin apply
-pin-layout.toml`, bounded UDP traffic from the demo cgroups to an echo server
-in the netns, and the resulting net.stat files, map entries, links and status.
+Runs cgacct end to end as root: scripts/setup.sh, cargo build --release, then
+one of two demos.
+
+The container demo, where Docker can be used (a dockerd answers on its socket,
+or `dockerd` can be started: the demo then starts it, with --iptables=false,
+and stops it by its PID at the end): an image imported offline from
+busybox-static (cgacct-demo-busybox:<pid>), three containers with compose
+labels on docker0 -- cgacct-demo-web (busybox httpd, 5 files of 1 MiB, and a
+UDP sink), cgacct-demo-client (pulls the files with wget), cgacct-demo-talker
+(UDP to web, 50 datagrams/s for 8 s) -- a layout of its own (root
+/sys/fs/bpf/cgacct, TC on the three veths with owners discovered,
+cgroup_skb at /, net.stat for /docker/**), then `cgacct-pin top --once`, each
+container's net.stat, `cgacct-pin status` (names from Docker) and a check
+that the counters cover the bytes served and the datagrams sent.
+
+The netns demo, otherwise: a demo world (cgroups under <cgroup2
+mount>/cgacct-demo, netns cgacct-demo-<pid>, veth vethcgd0 with
+10.213.0.0/30 and fd00:213::/64), `cgacct-pin apply pin-layout.toml`,
+bounded UDP traffic from the demo cgroups to an echo server in the netns,
+and the resulting net.stat files, map entries, links and status.
 
   --keep   do not remove anything at the end; remove it later with scripts/cleanup.sh
   --help   print this help
 
+Environment:
+  CGACCT_DEMO=auto    (default) the container demo where Docker can be used,
+                      else the netns demo, saying why
+  CGACCT_DEMO=netns   the netns demo, even where Docker runs
+  CGACCT_DEMO=docker  the container demo; fail if Docker cannot be used
+
 Without --keep everything the demo made is removed on every exit path
-(success, error, Ctrl-C, SIGTERM), including the pin root /sys/fs/bpf/cgacct.
+(success, error, Ctrl-C, SIGTERM), including the pin root /sys/fs/bpf/cgacct,
+and for the container demo its containers, its image and a dockerd it
+started. Containers and images without the demo's label are never touched.
 The demo refuses to run if /sys/fs/bpf/cgacct or any of its own objects exist.
 EOF
 }
@@ -50,6 +81,12 @@ done
 say() { printf '\n==> %s\n' "$*"; }
 info() { printf 'demo: %s\n' "$*"; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+
+MODE=${CGACCT_DEMO:-auto}
+case "$MODE" in
+  auto | docker | netns) ;;
+  *) printf 'demo: CGACCT_DEMO must be auto, docker or netns, not %s\n\n' "$MODE" >&2; usage >&2; exit 2 ;;
+esac
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (netns, veth, cgroups, BPF); try: sudo $0"
 
@@ -116,6 +153,16 @@ tail -n 1 "$TMP/build.log"
 CGMNT=$(cgroup2_mount)
 [ -n "$CGMNT" ] || die "no cgroup2 mount in /proc/self/mountinfo"
 refuse_if_conflicts
+
+# ---- the container demo, where Docker can be used (it exits when done) ----
+if [ "$MODE" != netns ]; then
+  # shellcheck source=scripts/demo-docker.sh
+  . "$REPO/scripts/demo-docker.sh"
+  docker_demo
+  say "Docker cannot be used here ($DEMO_FALLBACK): the netns demo instead"
+else
+  say "CGACCT_DEMO=netns: the netns demo"
+fi
 
 # ---- from here on everything created is recorded and removed on exit ----
 STATE_WRITTEN=0 NETNS_MADE=0 VETH_MADE=0 APPLIED=0
