@@ -2,11 +2,22 @@
 //! panic; a layout that parses has only what validation allows.
 #![no_main]
 
-#[path = "../../loader/src/select.rs"]
+#[path = "../../loader/src/spec/select.rs"]
 mod select;
 
-#[path = "../../loader/src/layout.rs"]
+#[path = "../../loader/src/spec/layout.rs"]
 mod layout;
+
+// The loader's raw calls that the layout makes (user and group look-ups),
+// at the paths the layout names them by (`crate::sys::os`).
+#[path = "../../loader/src/sys/error.rs"]
+mod error;
+#[path = "../../loader/src/sys/os.rs"]
+mod os;
+use error::SysError;
+mod sys {
+    pub(crate) use super::os;
+}
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
