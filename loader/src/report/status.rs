@@ -184,16 +184,8 @@ fn print_text(s: &Status, tc: &tc::Choice) {
             .collect()
     };
     let head = |a, b, c, d, n| ["id", a, b, c, d, n];
-    table(
-        head(
-            "rx_bytes",
-            "rx_pkts",
-            "tx_bytes",
-            "tx_pkts",
-            "cgroup (cgroup_skb)",
-        ),
-        by_cgroup(&s.snap.cgroups),
-    );
+    let rx_tx = |name| head("rx_bytes", "rx_pkts", "tx_bytes", "tx_pkts", name);
+    table(rx_tx("cgroup (cgroup_skb)"), by_cgroup(&s.snap.cgroups));
     table(
         head(
             "in_bytes",
@@ -206,13 +198,7 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     );
     if !s.snap.veth.is_empty() {
         table(
-            head(
-                "rx_bytes",
-                "rx_pkts",
-                "tx_bytes",
-                "tx_pkts",
-                "cgroup behind its interfaces (veth)",
-            ),
+            rx_tx("cgroup behind its interfaces (veth)"),
             by_cgroup(&s.snap.veth),
         );
     }

@@ -200,22 +200,10 @@ mod tests {
         d
     }
 
-    fn sources(d: &Path) -> Sources {
-        Sources {
-            docker_socket: d.join("docker.sock"),
-            docker_root: d.join("docker"),
-            podman_socket: d.join("podman.sock"),
-            podman_storage: d.join("storage"),
-            pod_logs: d.join("pods"),
-            container_logs: d.join("containers"),
-            bound: Duration::from_millis(200),
-        }
-    }
-
     #[test]
     fn engine_api_names_and_labels() {
         let d = tmp("api");
-        let s = sources(&d);
+        let s = Sources::below(&d);
         let l = UnixListener::bind(&s.docker_socket).expect("bind");
         let body = format!(
             r#"[{{"Id":"{A}","Names":["/hd-web"],"Labels":{{"com.docker.compose.project":"hd","com.docker.compose.service":"web"}}}},
@@ -250,7 +238,7 @@ mod tests {
     #[test]
     fn disk_when_the_api_is_silent_or_absent() {
         let d = tmp("disk");
-        let s = sources(&d);
+        let s = Sources::below(&d);
         let ctr = s.docker_root.join("containers").join(A);
         fs::create_dir_all(&ctr).expect("mkdir");
         fs::write(

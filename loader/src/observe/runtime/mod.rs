@@ -181,6 +181,20 @@ impl Sources {
             bound: BOUND,
         }
     }
+
+    /// Every place below one directory (unit tests' fake hosts).
+    #[cfg(test)]
+    pub fn below(d: &std::path::Path) -> Sources {
+        Sources {
+            docker_socket: d.join("docker.sock"),
+            docker_root: d.join("docker"),
+            podman_socket: d.join("podman.sock"),
+            podman_storage: d.join("storage"),
+            pod_logs: d.join("pods"),
+            container_logs: d.join("containers"),
+            bound: Duration::from_millis(200),
+        }
+    }
 }
 
 /// Asks every runtime at once; each has `sources.bound` to answer.

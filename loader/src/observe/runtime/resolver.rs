@@ -200,15 +200,7 @@ mod tests {
             r#"{"Name":"/hd-web"}"#,
         )
         .expect("config");
-        let s = Sources {
-            docker_socket: d.join("docker.sock"),
-            docker_root: d.join("docker"),
-            podman_socket: d.join("podman.sock"),
-            podman_storage: d.join("storage"),
-            pod_logs: d.join("pods"),
-            container_logs: d.join("containers"),
-            bound: Duration::from_millis(200),
-        };
+        let s = Sources::below(&d);
         // Both APIs listen and never answer.
         let _l1 = UnixListener::bind(&s.docker_socket).expect("bind");
         let _l2 = UnixListener::bind(&s.podman_socket).expect("bind");
