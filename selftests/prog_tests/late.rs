@@ -120,8 +120,8 @@ impl Udp {
         let (addr, port) = (w.ipv4_peer(), 42000 + w.n);
         let receiver = format!(
             "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{addr}',{port}))\n\
-             s.settimeout(20)\nprint('ready',flush=True)\nn=0\nwhile n<{total}:\n    s.recv(65536); n+=1\n\
-             print(n,flush=True)\n"
+             s.settimeout(300)\nprint('ready',flush=True)\nn=0\ntry:\n    while n<{total}:\n        s.recv(65536); n+=1\n\
+             except socket.timeout:\n    pass\nprint(n,flush=True)\n"
         );
         let mut rx = Command::new("ip")
             .args(["netns", "exec", &w.netns, "python3", "-c", &receiver])
