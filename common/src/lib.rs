@@ -125,6 +125,49 @@ pub struct Dying {
     pub late: Totals,
 }
 
+/// Destination classes (`[classes]` of the layout): a packet's peer address
+/// picks a class by longest prefix match; per-cgroup counters per class.
+pub mod classes {
+    /// Class indices, `other` (index 0) included: at most 15 named classes.
+    pub const MAX: u32 = 16;
+    /// Index of the class of addresses no prefix matches.
+    pub const OTHER: u32 = 0;
+    /// Name of class [`OTHER`].
+    pub const OTHER_NAME: &str = "other";
+    /// Bytes of a class name in the name table (NUL-padded; names are at
+    /// most `NAME_LEN - 1` bytes).
+    pub const NAME_LEN: usize = 32;
+    /// Prefixes per address family (entries of each LPM trie).
+    pub const MAX_PREFIXES: u32 = 1024;
+}
+
+/// Key of the per-class counter maps: one cgroup's counts in one class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub cgroup_id: u64,
+    /// Class index ([`classes`]); 0 is `other`.
+    pub class: u32,
+    pub pad: u32,
+}
+
+/// A class's name in the name table, NUL-padded; all zero: index unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassName {
+    pub name: [u8; classes::NAME_LEN],
+}
+
+/// Whether classes count, read by the packet path on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// Class indices in use: the highest index in use plus one (every
+    /// index below it may hold a class); 0: classes are off.
+    pub indices: u32,
+    pub pad: u32,
+}
+
 /// Cgroup id under which TC counts traffic whose skb has no socket.
 pub const UNATTRIBUTED_CGROUP: u64 = 0;
 
@@ -200,8 +243,32 @@ pub mod maps {
     /// Per-CPU array: bucket ([`crate::overflow`]) -> [`crate::Counters`]
     /// that no full map could take.
     pub const OVERFLOW: &str = "OVERFLOW";
+    /// LPM trie: IPv4 prefix (prefix length `u32` + 4 address bytes) ->
+    /// class index (`u32`). Written by the loader.
+    pub const CLASS_PREFIXES_V4: &str = "CLASS_PREFIXES_V4";
+    /// LPM trie: IPv6 prefix (prefix length `u32` + 16 address bytes) ->
+    /// class index (`u32`). Written by the loader.
+    pub const CLASS_PREFIXES_V6: &str = "CLASS_PREFIXES_V6";
+    /// Array: class index -> [`crate::ClassName`] (the iterator prints
+    /// these names). Written by the loader.
+    pub const CLASS_NAMES: &str = "CLASS_NAMES";
+    /// Array of one [`crate::ClassConfig`]: 0 indices means classes are off.
+    pub const CLASS_CONFIG: &str = "CLASS_CONFIG";
+    /// Per-CPU hash: [`crate::ClassKey`] -> [`crate::Counters`] from the
+    /// cgroup_skb programs, per class of the peer address.
+    pub const CLASS_STATS: &str = "CLASS_STATS";
+    /// Hash: [`crate::ClassKey`] -> [`crate::Counters`] of removed
+    /// descendants, per class (as `DEPARTED`).
+    pub const CLASS_DEPARTED: &str = "CLASS_DEPARTED";
+    /// LRU hash: (iterator session id, class) -> [`crate::Counters`]: the
+    /// per-class sums of one read, the subtree's under `class`, the
+    /// cgroup's own under `classes::MAX + class`.
+    pub const CLASS_SCRATCH: &str = "CLASS_SCRATCH";
+    /// Per-CPU array of one [`crate::Counters`]: class counts that no full
+    /// `CLASS_STATS` or `CLASS_DEPARTED` could take.
+    pub const CLASS_OVERFLOW: &str = "CLASS_OVERFLOW";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 19] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -213,6 +280,14 @@ pub mod maps {
         REMOVED_SCRATCH,
         DYING,
         OVERFLOW,
+        CLASS_PREFIXES_V4,
+        CLASS_PREFIXES_V6,
+        CLASS_NAMES,
+        CLASS_CONFIG,
+        CLASS_STATS,
+        CLASS_DEPARTED,
+        CLASS_SCRATCH,
+        CLASS_OVERFLOW,
     ];
 }
 
@@ -267,4 +342,10 @@ mod user {
     unsafe impl aya::Pod for super::Removed {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Dying {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassConfig {}
 }

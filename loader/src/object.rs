@@ -7,7 +7,10 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
-use cgacct_common::{globals, maps, overflow, programs as prog, Counters, Departed, Dying, IterAcc, Removed};
+use cgacct_common::{
+    classes, globals, maps, overflow, programs as prog, ClassConfig, ClassKey, ClassName, Counters, Departed,
+    Dying, IterAcc, Removed,
+};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
 
@@ -90,8 +93,14 @@ impl std::fmt::Display for MapShape {
     }
 }
 
+/// Entries of `CLASS_STATS` and `CLASS_DEPARTED`: four classes per cgroup
+/// of `[maps] cgroups` on average.
+pub fn class_entries(sizes: &MapSizes) -> u32 {
+    sizes.cgroups.saturating_mul(4).min(1 << 24)
+}
+
 /// The maps this build and layout need, by name.
-pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
+pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -99,6 +108,7 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
         max_entries,
     };
     let c = size_of::<Counters>();
+    let k = size_of::<ClassKey>() as u32;
     let m = sizes;
     [
         (maps::CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
@@ -130,6 +140,37 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
             maps::OVERFLOW,
             shape(MapType::PerCpuArray, 4, c, overflow::BUCKETS),
         ),
+        (
+            maps::CLASS_PREFIXES_V4,
+            shape(MapType::LpmTrie, 8, 4, classes::MAX_PREFIXES),
+        ),
+        (
+            maps::CLASS_PREFIXES_V6,
+            shape(MapType::LpmTrie, 20, 4, classes::MAX_PREFIXES),
+        ),
+        (
+            maps::CLASS_NAMES,
+            shape(MapType::Array, 4, size_of::<ClassName>(), classes::MAX),
+        ),
+        (
+            maps::CLASS_CONFIG,
+            shape(MapType::Array, 4, size_of::<ClassConfig>(), 1),
+        ),
+        (
+            maps::CLASS_STATS,
+            shape(MapType::PerCpuHash, k, c, class_entries(m)),
+        ),
+        (maps::CLASS_DEPARTED, shape(MapType::Hash, k, c, class_entries(m))),
+        (
+            maps::CLASS_SCRATCH,
+            shape(
+                MapType::LruHash,
+                k,
+                c,
+                m.readers.saturating_mul(2 * classes::MAX).min(1 << 24),
+            ),
+        ),
+        (maps::CLASS_OVERFLOW, shape(MapType::PerCpuArray, 4, c, 1)),
     ]
 }
 
@@ -141,13 +182,20 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | maps::VETH_STATS
         | maps::DEPARTED
         | maps::REMOVED
-        | maps::DYING => Some("[maps] cgroups"),
+        | maps::DYING
+        | maps::CLASS_STATS
+        | maps::CLASS_DEPARTED => Some("[maps] cgroups"),
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
-        maps::ITER_SCRATCH => Some("[maps] readers"),
+        maps::ITER_SCRATCH | maps::CLASS_SCRATCH => Some("[maps] readers"),
         _ => None,
     }
 }
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];
+pub const REBUILT_MAPS: [&str; 4] = [
+    maps::ITER_SCRATCH,
+    maps::REMOVED_SCRATCH,
+    maps::IFACE_OWNER,
+    maps::CLASS_SCRATCH,
+];

@@ -95,14 +95,14 @@ pub fn overflow(bucket: u32, c: &Counters) {
 }
 
 #[inline(always)]
-fn counters(dir: Direction, bytes: u64, packets: u64) -> Counters {
+pub fn counters(dir: Direction, bytes: u64, packets: u64) -> Counters {
     let mut c = Counters::default();
     bump(&mut c, dir, bytes, packets);
     c
 }
 
 #[inline(always)]
-fn bump(c: &mut Counters, dir: Direction, bytes: u64, packets: u64) {
+pub fn bump(c: &mut Counters, dir: Direction, bytes: u64, packets: u64) {
     match dir {
         Direction::Rx => {
             c.rx_bytes += bytes;

@@ -7,6 +7,8 @@
 //!   cgroup and per interface.
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
+//! - [`classes`]: the cgroup_skb hooks' counts by class of the peer
+//!   address (destination classes), when the layout has `[classes]`.
 //! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
 //!   and keeps them as its last word; on its release, folds what came
 //!   after.
@@ -19,6 +21,7 @@
 mod account;
 mod cgroup_iter;
 mod cgroup_skb;
+mod classes;
 mod fold;
 mod kernel;
 mod maps;

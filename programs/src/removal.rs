@@ -37,6 +37,7 @@ use aya_ebpf::{
 use cgacct_common::{Dying, Totals};
 
 use crate::{
+    classes,
     fold::{add_totals, into_departed, live_ancestor},
     kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_percpu, CGROUP2_HIERARCHY_ID},
     maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
@@ -106,6 +107,8 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     }
     let _ = REMOVED.insert(id, &*rec, BPF_ANY as u64);
 
+    classes::fold(id, Some(parent));
+
     // Its counters live on in the record: free the map space.
     let _ = DEPARTED.remove(id);
     let _ = CGROUP_STATS.remove(id);
@@ -166,6 +169,13 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
             add_totals(unsafe { &raw mut (*d).late }, &left);
         }
     }
+    let to = match dying {
+        // SAFETY: non-NULL lookup result.
+        Some(d) => Some(unsafe { (*d).parent_id }),
+        // SAFETY: probe reads.
+        None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
+    };
+    classes::fold(id, to.and_then(live_ancestor));
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);

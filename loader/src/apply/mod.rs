@@ -31,6 +31,7 @@ use crate::{
     tc,
 };
 
+pub mod classes;
 pub mod destroy;
 pub mod detach;
 pub mod load;
@@ -164,6 +165,7 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
             Ok(())
         }
         Action::Detach(stray) => detach::detach(o, stray),
+        Action::SetClasses { from, to } => classes::set(pins, from, to),
         Action::SetAccess { path, .. } => {
             sys::fault::step();
             Ok(access::settle(&layout.access, pins, path)?)

@@ -62,6 +62,8 @@ pub struct Held {
     /// when the pin cannot be opened as a link.
     pub links: BTreeMap<PathBuf, Option<LinkState>>,
     pub strays: Vec<Stray>,
+    /// The class tables (None: the root has no class maps).
+    pub classes: Option<crate::spec::classes::ClassTable>,
 }
 
 /// Reads a pinned link; `None` if the pin is not a link we can read.
@@ -133,6 +135,7 @@ pub fn read(
         held.links.insert(pin, state);
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;
+    held.classes = super::classes::read(pins).context("reading the class tables")?;
     Ok(held)
 }
 

@@ -18,6 +18,7 @@ use crate::{
 pub mod access;
 pub mod action;
 pub mod check;
+pub mod classes;
 pub mod hooks;
 pub mod programs;
 
@@ -30,7 +31,8 @@ pub use check::{check_names, unmatched, Unmatched};
 /// The actions that bring what was observed to the layout, in the order
 /// `apply` runs them: programs and maps first, then the tracepoint links, TC,
 /// cgroup_skb and stats files (attachments, then unpins), links moved to
-/// the pinned programs, strays detached, maps swapped, access settled.
+/// the pinned programs, strays detached, maps swapped, class tables
+/// written, access settled.
 pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action>> {
     let replace_maps = programs::replace_maps(layout, &o.pins, &o.held, maps)?;
     let reason = programs::load_reason(&o.held, !replace_maps.is_empty());
@@ -84,6 +86,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
     actions.extend(o.held.strays.iter().cloned().map(Action::Detach));
     // Replaced maps are swapped in once every link runs the new programs.
     actions.extend(replace_maps);
+    actions.extend(classes::plan(layout, &o.held));
     actions.extend(access::drift(layout, &o.pins, &o.tree));
     Ok(actions)
 }

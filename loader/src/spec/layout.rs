@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
-use super::select::{CgroupPattern, NamePattern};
+use super::{
+    classes::{self, Class},
+    select::{CgroupPattern, NamePattern},
+};
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/cgacct";
 
@@ -45,6 +48,8 @@ struct File {
     stats: StatsSection,
     #[serde(default)]
     access: AccessSection,
+    /// Class name -> prefixes (see [`super::classes`]).
+    classes: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 fn default_root() -> PathBuf {
@@ -201,6 +206,9 @@ pub struct Layout {
     /// Sections whose every pattern must match something (`required = true`).
     pub required: Required,
     pub access: AccessRules,
+    /// Destination classes (`[classes]`); None: the section is absent and
+    /// classes are off.
+    pub classes: Option<Vec<Class>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,7 +271,9 @@ impl Layout {
                 Ok((p, cg.trim_matches('/').to_string()))
             })
             .collect::<Result<_>>()?;
+        let classes = file.classes.as_ref().map(classes::parse).transpose()?;
         Ok(Layout {
+            classes,
             tc_owners,
             tc_discover_owners: file.tc.discover_owners,
             tc_attach: file.tc.attach,
