@@ -322,3 +322,31 @@ fn access_drift_comes_from_the_tree_not_the_disk() {
         }]
     );
 }
+
+#[test]
+fn class_tables_are_written_when_they_differ_and_only_then() {
+    use crate::spec::classes::ClassTable;
+    let l = layout("[classes]\ncluster = [\"10.0.0.0/8\", \"fd00::/8\"]\n");
+    let (interfaces, cgroups) = host();
+    let mut held = converged(&l);
+    held.classes = Some(ClassTable::default());
+    let o = Observed::new(pins(), interfaces.clone(), cgroups.clone(), Tree::default(), held);
+    let actions = plan(&l, &o, MapPolicy::Refuse).expect("plan");
+    let [Action::SetClasses { from, to }] = actions.as_slice() else {
+        panic!("{actions:#?}");
+    };
+    assert_eq!(*from, ClassTable::default());
+    assert_eq!(
+        (to.indices, to.names[&1].as_str(), to.prefixes.len()),
+        (2, "cluster", 2)
+    );
+    let text = actions[0].to_string();
+    assert!(text.contains("new cluster [10.0.0.0/8, fd00::/8]"), "{text}");
+    // Once written, nothing to do; without [classes], the tables are cleared.
+    let mut held = converged(&l);
+    held.classes = Some(to.clone());
+    let o = Observed::new(pins(), interfaces, cgroups, Tree::default(), held);
+    assert!(plan(&l, &o, MapPolicy::Refuse).expect("plan").is_empty());
+    let off = plan(&layout(""), &o, MapPolicy::Refuse).expect("plan");
+    assert!(off[0].to_string().contains("off"), "{off:?}");
+}

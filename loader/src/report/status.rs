@@ -133,13 +133,16 @@ fn counters(c: &Counters) -> serde_json::Value {
 }
 
 fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
-    let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<serde_json::Value> {
+    let by_cgroup = |m: &BTreeMap<u64, Counters>, classes: bool| -> Vec<serde_json::Value> {
         m.iter()
             .map(|(id, c)| {
                 let mut v = s.known(*id);
                 v["id"] = json!(id);
                 v["path"] = json!(s.cgroup_name(*id));
                 v["counters"] = counters(c);
+                if let Some(by_class) = s.snap.classes.get(id).filter(|_| classes) {
+                    v["classes"] = by_class.iter().map(|(n, c)| (n.clone(), counters(c))).collect();
+                }
                 v
             })
             .collect()
@@ -151,9 +154,9 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "programs": s.programs.iter().map(|(p, ok)| json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
         "tc_links": s.tc_links, "cgroup_links": s.cgroup_links, "stats_files": s.stats_files,
         "tc_attach": tc,
-        "cgroups": by_cgroup(&s.snap.cgroups),
-        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups),
-        "veth_cgroups": by_cgroup(&s.snap.veth),
+        "cgroups": by_cgroup(&s.snap.cgroups, true),
+        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups, false),
+        "veth_cgroups": by_cgroup(&s.snap.veth, false),
         "runtimes": s.runtimes.answers,
         "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
         "maps": cap["maps"], "overflow": cap["overflow"], "warnings": cap["warnings"],
@@ -201,6 +204,14 @@ fn print_text(s: &Status, tc: &tc::Choice) {
             rx_tx("cgroup behind its interfaces (veth)"),
             by_cgroup(&s.snap.veth),
         );
+    }
+    if !s.snap.classes.is_empty() {
+        let rows = s.snap.classes.iter().flat_map(|(id, by_class)| {
+            by_class
+                .iter()
+                .map(move |(n, c)| (id.to_string(), *c, format!("{}  class {n}", s.label(*id))))
+        });
+        table(rx_tx("cgroup (cgroup_skb) by destination class"), rows.collect());
     }
     let ifaces = s.snap.interfaces.iter().map(|(i, c)| {
         let name = s.ifnames.get(i).cloned().unwrap_or_else(|| "(gone)".into());
