@@ -144,7 +144,8 @@ fn class_families(out: &mut String, snap: &Snapshot, tree: &CgroupTree, names: &
     if snap.classes.is_empty() {
         return;
     }
-    let rows: Vec<(Vec<(&str, String)>, &BTreeMap<String, Counters>)> = snap
+    type ByClass = BTreeMap<String, Counters>;
+    let rows: Vec<(Vec<(&str, String)>, &ByClass)> = snap
         .classes
         .iter()
         .filter_map(|(id, m)| tree.get(*id).map(|e| (cgroup_labels(e, names), m)))
