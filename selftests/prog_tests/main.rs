@@ -9,6 +9,7 @@ mod access;
 mod attribution;
 mod bad_input;
 mod capacity;
+mod classes;
 mod cli;
 mod containers;
 mod counts;
