@@ -19,7 +19,14 @@ pub fn load_reason(held: &Held, replacing_maps: bool) -> Option<String> {
     if PROGRAMS.iter().any(|p| !held.programs.contains_key(p)) {
         Some("programs are missing".to_string())
     } else if maps::ALL.iter().any(|m| !held.maps.contains_key(m)) {
-        Some("maps are missing: they start from zero".to_string())
+        let missing: Vec<&str> = maps::ALL
+            .into_iter()
+            .filter(|m| !held.maps.contains_key(m))
+            .collect();
+        Some(format!(
+            "maps are missing ({}): they start from zero, the pinned ones keep their counters",
+            missing.join(", ")
+        ))
     } else if replacing_maps {
         Some("maps are replaced".to_string())
     } else {
