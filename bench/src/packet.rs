@@ -270,7 +270,13 @@ pub struct Options {
 /// cgroup_skb with destination classes off (no `[classes]`: one array
 /// lookup more than before the feature) and on (an LPM trie lookup and a
 /// per-class counter), in alternating order.
-fn classes_figures(report: &mut Report, o: &Options, pkt: &Packet, off: &Program, on: &Program) -> Result<()> {
+fn classes_figures(
+    report: &mut Report,
+    o: &Options,
+    pkt: &Packet,
+    off: &Program,
+    on: &Program,
+) -> Result<()> {
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..o.rounds {
         check_interrupted()?;

@@ -92,7 +92,7 @@ pub static CLASS_STATS: PerCpuHashMap<ClassKey, Counters, 65536, ON_DEMAND> = Pe
 
 /// (cgroup id, class) -> class totals of its removed descendants.
 #[btf_map]
-pub static CLASS_DEPARTED: HashMap<ClassKey, Counters, 65536> = HashMap::new();
+pub static CLASS_DEPARTED: HashMap<ClassKey, Counters, 65536, ON_DEMAND> = HashMap::new();
 
 /// (iterator session id, class) -> per-class sums of one read of a stats
 /// file: subtree under `class`, own under `classes::MAX + class`.
