@@ -488,3 +488,61 @@ fn bad_classes_exit_2_and_change_nothing() {
     assert!(w.plan().is_empty(), "{:#?}", w.plan());
     assert_eq!(class_keys(&w.stat("a.scope")).len(), 16);
 }
+
+#[test]
+fn a_socket_outliving_its_cgroup_counts_its_class_in_the_nearest_live_ancestor() {
+    require_kernel!();
+    const N: u64 = 6;
+    let w = World::new(&["p.slice", "p.slice/c.scope"]);
+    let p = Peers::new(&w);
+    layout_with(&w, &p.classes());
+    w.apply();
+    let mut rx = python(&w, "", false, RECEIVER, &[N.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn receiver");
+    let mut out = BufReader::new(rx.stdout.take().expect("receiver stdout"));
+    let rx = Reaped(rx);
+    let mut ready = String::new();
+    out.read_line(&mut ready).expect("receiver ready");
+    let port = ready.split_whitespace().nth(1).expect("port").to_string();
+    // The socket is made in c.scope, then its process moves to p.slice.
+    let parent = w.cgroup_mount.join(w.cgroup("p.slice")).join("cgroup.procs");
+    let script = format!(
+        "import os,socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         open('{}','w').write(str(os.getpid()))\nprint('moved',flush=True)\nsys.stdin.readline()\n\
+         for i in range({N}):\n    s.sendto(b'x'*100,('{}',{port}))\nprint('sent',flush=True)\n",
+        parent.display(),
+        p.near4
+    );
+    let mut tx = python(&w, "p.slice/c.scope", true, &script, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sender");
+    let mut tx_in = tx.stdin.take().expect("stdin");
+    let mut tx_out = BufReader::new(tx.stdout.take().expect("stdout"));
+    let _tx = Reaped(tx);
+    let mut line = String::new();
+    tx_out.read_line(&mut line).expect("moved");
+    assert_eq!(line.trim(), "moved");
+    let id = w.cgroup_id("p.slice/c.scope");
+    fs::remove_dir(w.cgroup_mount.join(w.cgroup("p.slice/c.scope"))).expect("rmdir");
+    std::io::Write::write_all(&mut tx_in, b"go\n").expect("go");
+    line.clear();
+    tx_out.read_line(&mut line).expect("sent");
+    assert_eq!(line.trim(), "sent");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("receiver output");
+    drop(rx);
+    assert_eq!(rest.trim(), N.to_string());
+    let s = w.stat("p.slice");
+    assert_eq!(s["removed_cgroups"], 1, "{s:?}");
+    assert_eq!(s["tx_packets"], N, "{s:?}");
+    assert_eq!(class(&s, false, "near").tx_packets, N, "{s:?}");
+    assert_eq!(class(&s, false, "near").tx_bytes, N * 128, "{s:?}");
+    assert_eq!(class(&s, true, "near"), Counters::default(), "{s:?}");
+    let pins = cgacct_pin::bpffs::names::Pins::new(&w.root, true);
+    let left = cgacct_pin::report::read::class_totals(&pins).expect("class counters");
+    assert!(!left.contains_key(&id), "counters under the removed id: {left:?}");
+}
