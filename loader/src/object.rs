@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use crate::spec::layout::MapSizes;
 
+pub mod health;
+
 /// The BPF object built from programs/ by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-programs"));
 
@@ -133,6 +135,18 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 11] {
     ]
 }
 
+/// Every map this build and layout need: [`wanted_maps`] and the health maps.
+pub fn all_wanted_maps(sizes: &MapSizes) -> Vec<(&'static str, MapShape)> {
+    let mut all = wanted_maps(sizes).to_vec();
+    all.extend(health::wanted_maps(sizes));
+    all
+}
+
+/// Every map name, in the order the loader pins them.
+pub fn all_maps() -> impl Iterator<Item = &'static str> {
+    maps::ALL.into_iter().chain(cgacct_common::health::maps::ALL)
+}
+
 /// The `[maps]` key that sizes a map, if one does.
 pub fn layout_key(map: &str) -> Option<&'static str> {
     match map {
@@ -142,12 +156,21 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | maps::DEPARTED
         | maps::REMOVED
         | maps::DYING => Some("[maps] cgroups"),
+        cgacct_common::health::maps::HEALTH_STATS | cgacct_common::health::maps::HEALTH_DEPARTED => {
+            Some("[maps] cgroups")
+        }
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
-        maps::ITER_SCRATCH => Some("[maps] readers"),
+        maps::ITER_SCRATCH | cgacct_common::health::maps::HEALTH_SCRATCH => Some("[maps] readers"),
         _ => None,
     }
 }
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];
+pub const REBUILT_MAPS: [&str; 5] = [
+    maps::ITER_SCRATCH,
+    maps::REMOVED_SCRATCH,
+    maps::IFACE_OWNER,
+    cgacct_common::health::maps::REBUILT[0],
+    cgacct_common::health::maps::REBUILT[1],
+];

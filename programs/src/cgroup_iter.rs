@@ -18,6 +18,7 @@ use aya_ebpf::{
 use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
+    health,
     kernel::{self, cgroup_id, sum_percpu},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
@@ -64,6 +65,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
+    health::visit(id, session, seq_num);
     let [own, own_tc, own_veth] = sum_percpu(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
@@ -157,6 +159,7 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
         b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
         &counters(&a.own_veth),
     );
+    health::print(seq, session);
     if a.cgroup_id == ROOT_CGROUP {
         print_overflow(seq);
     }

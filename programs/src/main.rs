@@ -7,6 +7,8 @@
 //!   cgroup and per interface.
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
+//! - [`health`]: TCP health and drops per socket cgroup, beside the
+//!   kernel's own MIB counters.
 //! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
 //!   and keeps them as its last word; on its release, folds what came
 //!   after.
@@ -20,6 +22,7 @@ mod account;
 mod cgroup_iter;
 mod cgroup_skb;
 mod fold;
+mod health;
 mod kernel;
 mod maps;
 mod measure;

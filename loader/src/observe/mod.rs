@@ -14,6 +14,7 @@ use crate::{
     tc,
 };
 
+pub mod health;
 pub mod held;
 pub mod host;
 pub mod identity;

@@ -18,6 +18,7 @@ use crate::{
 pub mod access;
 pub mod action;
 pub mod check;
+pub mod health;
 pub mod hooks;
 pub mod programs;
 
@@ -40,6 +41,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .into_iter()
         .collect();
     actions.extend(programs::tracing_links(&o.pins, &o.held, reload));
+    actions.extend(health::links(&o.pins, &o.held, reload));
 
     let c = hooks::Ctx {
         layout,

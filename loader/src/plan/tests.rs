@@ -65,7 +65,7 @@ fn converged(l: &Layout) -> Held {
         id(prog::CGROUP_RMDIR),
         id(prog::CGROUP_RELEASE),
     );
-    held.maps = wanted_maps(&l.maps).into_iter().collect();
+    held.maps = object::all_wanted_maps(&l.maps).into_iter().collect();
     let tcx = |attach_type| LinkTarget::Tcx {
         ifindex: 7,
         attach_type,
