@@ -16,6 +16,7 @@ mod daemonset;
 mod declarative;
 mod export;
 mod faults;
+mod health;
 mod late;
 mod latency;
 mod lifecycle;
