@@ -328,3 +328,66 @@ fn udp_receive_buffer_drops_equal_rcvbuf_errors() {
         ),
     }
 }
+
+/// A removed cgroup's counts stay in its parent's subtree keys, and the
+/// events of its socket that lives on count there too, never under the
+/// removed id.
+#[test]
+fn removed_cgroups_fold_into_the_parent() {
+    require_kernel!();
+    let mut w = world();
+    w.add_cgroup("gone");
+    w.add_cgroup("late");
+    w.apply();
+    let p = port(&w);
+    let srv = serve(&w, "srv", &acceptor(p, 3));
+    let client = format!(
+        "import socket\nfor i in range(2):\n    c=socket.create_connection(('127.0.0.1',{p}))\n    \
+         c.sendall(b'hi'); c.recv(2); c.close()\n"
+    );
+    run(&mut python_in(&w, "gone", &client));
+    let gone = w.cgroup_mount.join(w.cgroup("gone"));
+    subtest("fold_at_rmdir", || {
+        assert_eq!(w.stat("gone")["self_tcp_active_opens"], 2);
+        std::fs::remove_dir(&gone).expect("rmdir gone");
+        let root = w.stat("");
+        assert_eq!(root["tcp_active_opens"], 2);
+        assert_eq!(root["self_tcp_active_opens"], 0);
+    });
+    subtest("late_socket", || {
+        // A socket made in `late`, whose process then leaves; `late` is
+        // removed before the socket connects.
+        let script = format!(
+            "import socket,sys\nc=socket.socket()\nprint('ready',flush=True)\nsys.stdin.readline()\n\
+             c.connect(('127.0.0.1',{p})); c.sendall(b'hi'); c.recv(2); c.close()\nprint('done',flush=True)\n"
+        );
+        let mut late = python_in(&w, "late", &script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn late");
+        let mut out = BufReader::new(late.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        let root_procs = w.cgroup_mount.join(w.cgroup("")).join("cgroup.procs");
+        let late_dir = w.cgroup_mount.join(w.cgroup("late"));
+        for pid in std::fs::read_to_string(late_dir.join("cgroup.procs"))
+            .expect("procs")
+            .lines()
+        {
+            std::fs::write(&root_procs, pid).expect("move process");
+        }
+        std::fs::remove_dir(&late_dir).expect("rmdir late");
+        use std::io::Write as _;
+        writeln!(late.stdin.as_mut().expect("stdin")).expect("go");
+        line.clear();
+        out.read_line(&mut line).expect("done");
+        assert_eq!(line.trim(), "done");
+        let root = w.stat("");
+        assert_eq!(root["tcp_active_opens"], 3);
+        assert_eq!(root["self_tcp_active_opens"], 0);
+        let _ = late.wait();
+    });
+    finish(srv);
+}
