@@ -6,7 +6,7 @@ use cgacct_common::{maps, programs as prog};
 use super::{plan, Action, MapPolicy};
 use crate::{
     bpffs::{walk::Entry, walk::Tree, Direction, Pins},
-    object::{self, wanted_maps, PROGRAMS},
+    object::{self, PROGRAMS},
     observe::{held::HeldProgram, Cgroup, Held, Interface, Observed},
     spec::Layout,
     sys::bpf::{LinkState, LinkTarget, CGROUP_EGRESS, CGROUP_INGRESS, TCX_EGRESS, TCX_INGRESS},
