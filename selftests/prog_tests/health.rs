@@ -131,6 +131,20 @@ fn said_absent(w: &World, key: &str) -> bool {
 fn tcp_opens_equal_active_and_passive_opens() {
     require_kernel!();
     let w = world();
+    // top samples while the connections are made.
+    let mut top = Command::new(crate::world::BIN)
+        .args(["top", "--once", "--json", "--interval", "6", "--root"])
+        .arg(&w.root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn top");
+    let mut line = String::new();
+    BufReader::new(top.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("top starts sampling");
+    assert!(line.starts_with("sampling"), "{line:?}");
+    let top = crate::export::Reaped(top);
     let before = mib(&w);
     let p = port(&w);
     let srv = serve(&w, "srv", &acceptor(p, 3));
@@ -153,6 +167,24 @@ fn tcp_opens_equal_active_and_passive_opens() {
         assert_eq!(srv["self_tcp_passive_opens"], 3);
         assert_eq!(root["tcp_passive_opens"], 3);
         assert_eq!(root["self_tcp_passive_opens"], 0);
+    });
+    subtest("top_json", || {
+        let mut top = top;
+        let mut out = String::new();
+        std::io::Read::read_to_string(top.0.stdout.as_mut().expect("stdout"), &mut out).expect("top output");
+        let frame: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        let row = |rel: &str| {
+            let id = w.cgroup_id(rel);
+            frame["cgroups"]
+                .as_array()
+                .expect("cgroups")
+                .iter()
+                .find(|r| r["id"] == id)
+                .unwrap_or_else(|| panic!("no row for {rel} in {frame}"))
+                .clone()
+        };
+        assert_eq!(row("cli")["health"]["tcp_active_opens"], 3);
+        assert_eq!(row("srv")["health"]["tcp_passive_opens"], 3);
     });
 }
 
@@ -316,17 +348,46 @@ fn udp_receive_buffer_drops_equal_rcvbuf_errors() {
     let kernel = grew(&before, &after, "Udp:RcvbufErrors");
     assert!(kernel > 0, "no datagram overflowed the buffer");
     let srv = w.stat("srv");
-    match srv.get("self_drop_packets") {
-        Some(v) => {
-            assert_eq!(*v, kernel);
-            assert_eq!(w.stat("")["drop_packets"], kernel);
-            assert_eq!(w.stat("cli")["drop_packets"], 0);
-        }
-        None => assert!(
+    let Some(v) = srv.get("self_drop_packets") else {
+        assert!(
             said_absent(&w, "drop_packets"),
             "apply did not say drop_packets is absent"
-        ),
-    }
+        );
+        return;
+    };
+    assert_eq!(*v, kernel);
+    assert_eq!(w.stat("")["drop_packets"], kernel);
+    assert_eq!(w.stat("cli")["drop_packets"], 0);
+    subtest("status_json", || {
+        let out = w.cgacct(&["status", "--json", "--root", w.root.to_str().expect("utf-8")]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        let h = &v["health"];
+        let id = w.cgroup_id("srv");
+        let row = h["cgroups"]
+            .as_array()
+            .expect("health.cgroups")
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no health row for srv in {h}"));
+        assert_eq!(row["counters"]["drop_packets"], kernel);
+        // Host-wide, by reason: at least this test's drops.
+        let reason = h["drop_reasons"]["socket_rcvbuff"].as_u64().unwrap_or(0);
+        assert!(reason >= kernel, "socket_rcvbuff {reason} < {kernel}: {h}");
+    });
+    subtest("export", || {
+        let (_exporter, addr) = crate::export::start_exporter(&w);
+        let text = crate::export::http_get(&addr, "/metrics").expect("scrape");
+        let line = |name: &str, labels: &str| -> u64 {
+            let prefix = format!("{name}{{{labels}");
+            text.lines()
+                .find(|l| l.starts_with(&prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+        };
+        let cgroup = format!("cgroup=\"/{}\"", w.cgroup("srv"));
+        assert_eq!(line("cgacct_drop_packets_total", &cgroup), kernel);
+        assert!(line("cgacct_drops_total", "reason=\"socket_rcvbuff\"") >= kernel);
+    });
 }
 
 /// A removed cgroup's counts stay in its parent's subtree keys, and the
