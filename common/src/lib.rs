@@ -348,4 +348,167 @@ mod user {
     unsafe impl aya::Pod for super::ClassName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClassConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Health {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HealthAcc {}
+}
+
+/// TCP health and drops of one cgroup's sockets: what the kernel's
+/// per-network-namespace MIB counters of the same names count, restricted
+/// to the sockets of that cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Tcp ActiveOpens: `connect()`s that sent their SYN.
+    pub tcp_active_opens: u64,
+    /// Tcp PassiveOpens: children made by a listener from a completed
+    /// handshake.
+    pub tcp_passive_opens: u64,
+    /// Tcp RetransSegs: segments retransmitted (SYN-ACKs included).
+    pub tcp_retrans_segs: u64,
+    /// TcpExt TCPTimeouts: retransmission timeouts (SYN-ACK ones included).
+    pub tcp_timeouts: u64,
+    /// Tcp OutRsts: resets sent by or on behalf of a socket.
+    pub tcp_out_rsts: u64,
+    /// Packets to or from a socket that the kernel dropped with a reason.
+    pub drop_packets: u64,
+}
+
+impl Health {
+    #[inline(always)]
+    pub fn add(&mut self, o: &Health) {
+        self.tcp_active_opens = self.tcp_active_opens.wrapping_add(o.tcp_active_opens);
+        self.tcp_passive_opens = self.tcp_passive_opens.wrapping_add(o.tcp_passive_opens);
+        self.tcp_retrans_segs = self.tcp_retrans_segs.wrapping_add(o.tcp_retrans_segs);
+        self.tcp_timeouts = self.tcp_timeouts.wrapping_add(o.tcp_timeouts);
+        self.tcp_out_rsts = self.tcp_out_rsts.wrapping_add(o.tcp_out_rsts);
+        self.drop_packets = self.drop_packets.wrapping_add(o.drop_packets);
+    }
+
+    /// The counters in [`health::KEYS`] order.
+    #[inline(always)]
+    pub fn values(&self) -> [u64; health::KEYS.len()] {
+        [
+            self.tcp_active_opens,
+            self.tcp_passive_opens,
+            self.tcp_retrans_segs,
+            self.tcp_timeouts,
+            self.tcp_out_rsts,
+            self.drop_packets,
+        ]
+    }
+}
+
+/// One read of a stats file: the health counters of its cgroup and of its
+/// subtree (removed descendants included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthAcc {
+    pub own: Health,
+    pub subtree: Health,
+}
+
+/// The TCP health and drop counters: keys, maps, programs, globals.
+pub mod health {
+    /// The `net.stat` keys in [`crate::Health`] field order (subtree; the
+    /// cgroup alone is `self_<key>`). Bit `i` of [`globals::HEALTH_KEYS`]
+    /// says whether key `i` is counted on the running kernel.
+    pub const KEYS: [&str; 6] = [
+        "tcp_active_opens",
+        "tcp_passive_opens",
+        "tcp_retrans_segs",
+        "tcp_timeouts",
+        "tcp_out_rsts",
+        "drop_packets",
+    ];
+    pub const ACTIVE_OPENS: u32 = 0;
+    pub const PASSIVE_OPENS: u32 = 1;
+    pub const RETRANS_SEGS: u32 = 2;
+    pub const TIMEOUTS: u32 = 3;
+    pub const OUT_RSTS: u32 = 4;
+    pub const DROP_PACKETS: u32 = 5;
+
+    /// Slots of [`maps::DROP_REASONS`]: a reason below the last slot has
+    /// its own; the last takes the rest (subsystem reasons).
+    pub const DROP_REASON_SLOTS: u32 = 1024;
+
+    /// Slots of [`maps::HEALTH_STATE`] (`u32` each), written by the loader
+    /// after it loaded the health programs.
+    pub mod state {
+        /// Bit `i`: key `KEYS[i]` is counted on this kernel.
+        pub const KEYS: u32 = 0;
+        /// Bit `i`: health program `i` (the loader's list) could not load.
+        pub const FAILED: u32 = 1;
+    }
+
+    /// Map names.
+    pub mod maps {
+        /// Per-CPU hash: cgroup id (`u64`) -> [`crate::Health`].
+        pub const HEALTH_STATS: &str = "HEALTH_STATS";
+        /// Hash: cgroup id (`u64`) -> [`crate::Health`] of its removed
+        /// descendants (folded at removal; atomic adds).
+        pub const HEALTH_DEPARTED: &str = "HEALTH_DEPARTED";
+        /// LRU hash: iterator session (`u64`) -> [`crate::HealthAcc`].
+        pub const HEALTH_SCRATCH: &str = "HEALTH_SCRATCH";
+        /// Socket storage: a TCP socket's `total_retrans` when last taken.
+        pub const RETRANS_SEEN: &str = "RETRANS_SEEN";
+        /// Array of 2 `u32`: see [`super::state`].
+        pub const HEALTH_STATE: &str = "HEALTH_STATE";
+        /// Per-CPU array: drop reason (`u32`) -> packets (`u64`) counted in
+        /// some cgroup's `drop_packets`.
+        pub const DROP_REASONS: &str = "DROP_REASONS";
+        pub const ALL: [&str; 6] = [
+            HEALTH_STATS,
+            HEALTH_DEPARTED,
+            HEALTH_SCRATCH,
+            RETRANS_SEEN,
+            HEALTH_STATE,
+            DROP_REASONS,
+        ];
+        /// Maps whose content is rebuilt: replaced without asking.
+        pub const REBUILT: [&str; 3] = [HEALTH_SCRATCH, RETRANS_SEEN, HEALTH_STATE];
+    }
+
+    /// Program names.
+    pub mod programs {
+        /// BTF tracepoint `inet_sock_set_state`: Tcp ActiveOpens,
+        /// PassiveOpens; where RetransSegs starts and ends per socket.
+        pub const SOCK_STATE: &str = "cgacct_sock_state";
+        /// BTF tracepoint `tcp_retransmit_skb`: Tcp RetransSegs.
+        pub const RETRANSMIT: &str = "cgacct_tcp_rtx";
+        /// BTF tracepoint `tcp_retransmit_synack`: Tcp RetransSegs.
+        pub const RETRANSMIT_SYNACK: &str = "cgacct_tcp_rtx_synack";
+        /// fentry `tcp_retransmit_timer`: TcpExt TCPTimeouts.
+        pub const RTO: &str = "cgacct_tcp_rto";
+        /// fentry `tcp_syn_ack_timeout`: TcpExt TCPTimeouts.
+        pub const SYNACK_TIMEOUT: &str = "cgacct_tcp_synack_rto";
+        /// BTF tracepoint `tcp_send_reset`: Tcp OutRsts.
+        pub const SEND_RESET: &str = "cgacct_tcp_rst";
+        /// BTF tracepoint `kfree_skb`: drops with a reason.
+        pub const KFREE_SKB: &str = "cgacct_kfree_skb";
+    }
+
+    /// Read-only globals (all `u32`) the loader sets before load: struct
+    /// offsets from the running kernel's BTF.
+    pub mod globals {
+        pub const SOCK_CGRP_DATA_OFFSET: &str = "SOCK_CGRP_DATA_OFFSET";
+        pub const SOCK_CGROUP_DATA_CGROUP_OFFSET: &str = "SOCK_CGROUP_DATA_CGROUP_OFFSET";
+        pub const SOCK_STATE_OFFSET: &str = "SOCK_STATE_OFFSET";
+        pub const SOCK_FLAGS_OFFSET: &str = "SOCK_FLAGS_OFFSET";
+        pub const SOCK_PROTOCOL_OFFSET: &str = "SOCK_PROTOCOL_OFFSET";
+        pub const SOCK_RTX_QUEUE_OFFSET: &str = "SOCK_RTX_QUEUE_OFFSET";
+        pub const TCP_TOTAL_RETRANS_OFFSET: &str = "TCP_TOTAL_RETRANS_OFFSET";
+        pub const TCP_FASTOPEN_RSK_OFFSET: &str = "TCP_FASTOPEN_RSK_OFFSET";
+        pub const TCP_PACKETS_OUT_OFFSET: &str = "TCP_PACKETS_OUT_OFFSET";
+        pub const TCP_SND_WND_OFFSET: &str = "TCP_SND_WND_OFFSET";
+        pub const REQ_LISTENER_OFFSET: &str = "REQ_LISTENER_OFFSET";
+        pub const SKB_SK_OFFSET: &str = "SKB_SK_OFFSET";
+        pub const SKB_CB_OFFSET: &str = "SKB_CB_OFFSET";
+        pub const TCP_SKB_CB_GSO_SEGS_OFFSET: &str = "TCP_SKB_CB_GSO_SEGS_OFFSET";
+        /// 1 where the `tcp_retransmit_skb` tracepoint passes `err`.
+        pub const RETRANSMIT_HAS_ERR: &str = "RETRANSMIT_HAS_ERR";
+        /// `SKB_DROP_REASON_NOT_SPECIFIED`: reasons above it are counted.
+        pub const DROP_REASON_NOT_SPECIFIED: &str = "DROP_REASON_NOT_SPECIFIED";
+    }
 }

@@ -16,6 +16,8 @@ use serde::Serialize;
 
 use crate::spec::layout::MapSizes;
 
+pub mod health;
+
 /// The BPF object built from programs/ by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-programs"));
 
@@ -174,6 +176,18 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
     ]
 }
 
+/// Every map this build and layout need: [`wanted_maps`] and the health maps.
+pub fn all_wanted_maps(sizes: &MapSizes) -> Vec<(&'static str, MapShape)> {
+    let mut all = wanted_maps(sizes).to_vec();
+    all.extend(health::wanted_maps(sizes));
+    all
+}
+
+/// Every map name, in the order the loader pins them.
+pub fn all_maps() -> impl Iterator<Item = &'static str> {
+    maps::ALL.into_iter().chain(cgacct_common::health::maps::ALL)
+}
+
 /// The `[maps]` key that sizes a map, if one does.
 pub fn layout_key(map: &str) -> Option<&'static str> {
     match map {
@@ -185,17 +199,24 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | maps::DYING
         | maps::CLASS_STATS
         | maps::CLASS_DEPARTED => Some("[maps] cgroups"),
+        cgacct_common::health::maps::HEALTH_STATS | cgacct_common::health::maps::HEALTH_DEPARTED => {
+            Some("[maps] cgroups")
+        }
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
-        maps::ITER_SCRATCH | maps::CLASS_SCRATCH => Some("[maps] readers"),
+        maps::ITER_SCRATCH | maps::CLASS_SCRATCH | cgacct_common::health::maps::HEALTH_SCRATCH => {
+            Some("[maps] readers")
+        }
         _ => None,
     }
 }
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 4] = [
+pub const REBUILT_MAPS: [&str; 6] = [
     maps::ITER_SCRATCH,
     maps::REMOVED_SCRATCH,
     maps::IFACE_OWNER,
     maps::CLASS_SCRATCH,
+    cgacct_common::health::maps::REBUILT[0],
+    cgacct_common::health::maps::REBUILT[1],
 ];

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
-    classes,
+    classes, health,
     kernel::{self, cgroup_id, sum_percpu},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
@@ -65,6 +65,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
+    health::visit(id, session, seq_num);
     let [own, own_tc, own_veth] = sum_percpu(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
@@ -160,6 +161,7 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
         &counters(&a.own_veth),
     );
     classes::print(seq, session);
+    health::print(seq, session);
     if a.cgroup_id == ROOT_CGROUP {
         print_overflow(seq);
     }

@@ -17,6 +17,7 @@ mod daemonset;
 mod declarative;
 mod export;
 mod faults;
+mod health;
 mod late;
 mod latency;
 mod lifecycle;

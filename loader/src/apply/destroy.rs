@@ -3,7 +3,6 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::Result;
-use cgacct_common::maps;
 
 use super::detach::detach;
 use crate::{object, observe::Observed, tc};
@@ -37,6 +36,12 @@ pub fn destroy(o: &Observed) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             removed.push(link);
         }
     }
+    for p in super::health::pins_of(pins) {
+        if p.exists() {
+            fs::remove_file(&p)?;
+            removed.push(p);
+        }
+    }
     for name in object::PROGRAMS {
         let p = pins.prog(name);
         if p.exists() {
@@ -44,7 +49,7 @@ pub fn destroy(o: &Observed) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             removed.push(p);
         }
     }
-    for name in maps::ALL {
+    for name in object::all_maps() {
         let p = pins.map(name);
         // A replacement map left by an interrupted apply, then the map.
         let next = p.with_file_name(format!("{}_next", name.to_ascii_lowercase()));

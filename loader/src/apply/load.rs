@@ -5,12 +5,23 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{Btf, Ebpf, EbpfLoader};
 use cgacct_common::globals;
 
-use crate::{bpffs::Pins, object, observe::kernel, spec::Layout, sys};
+use crate::{
+    bpffs::Pins,
+    object,
+    observe::{health::HealthKernel, kernel},
+    spec::Layout,
+    sys,
+};
 
 /// Loads the object: pinned maps are reused, but those being replaced,
 /// which are created new. Programs are pinned in place of the pinned ones,
 /// the iterator last (see [`object::PROGRAMS`]).
-pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> Result<Ebpf> {
+pub fn load_programs(
+    layout: &Layout,
+    pins: &Pins,
+    replaced: &BTreeSet<String>,
+    health: &HealthKernel,
+) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
     let build = object::this_build();
@@ -37,9 +48,14 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
             loader.map_pin_path(name, pins.map(name));
         }
     }
+    super::health::configure(&mut loader, health, layout, pins, replaced);
     sys::fault::step();
     let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    // Before the iterator, which is pinned last.
+    for line in super::health::load(&mut ebpf, health, pins, &btf)? {
+        eprintln!("cgacct-pin: note: {line}");
+    }
     for name in object::PROGRAMS {
         let program = ebpf
             .program_mut(name)

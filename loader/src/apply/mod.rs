@@ -12,7 +12,7 @@ use aya::{
     },
     Ebpf,
 };
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::programs as prog;
 
 use crate::{
     bpffs::{
@@ -34,6 +34,7 @@ use crate::{
 pub mod classes;
 pub mod destroy;
 pub mod detach;
+pub mod health;
 pub mod load;
 pub mod owners;
 pub mod prune;
@@ -109,11 +110,14 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
     let pins = &o.pins;
     match action {
         Action::LoadPrograms { .. } => {
-            s.loaded = Some(load::load_programs(layout, pins, &s.replaced)?);
-            for p in object::PROGRAMS {
+            s.loaded = Some(load::load_programs(layout, pins, &s.replaced, &o.held.health)?);
+            for p in object::PROGRAMS
+                .into_iter()
+                .chain(o.held.health.programs.iter().copied())
+            {
                 access::settle(&layout.access, pins, &pins.prog(p))?;
             }
-            for m in maps::ALL {
+            for m in object::all_maps() {
                 access::settle(&layout.access, pins, &pins.map(m))?;
             }
             Ok(())
@@ -156,6 +160,17 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
         }
         Action::AttachRelease { pin, replace } => {
             attach_tracing(layout, pins, prog::CGROUP_RELEASE, pin, replace.is_some())
+        }
+        Action::AttachHealth {
+            program,
+            pin,
+            replace,
+        } => {
+            remove_old(pins, pin, replace.is_some())?;
+            match health::attach(pins, program)? {
+                Some(link) => pin_link(layout, pins, pin, link),
+                None => Ok(()),
+            }
         }
         Action::Unpin { pin, .. } => {
             sys::fault::step();

@@ -69,6 +69,10 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     if !o.pins.dots {
         say("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
     }
+    let health = &o.held.health;
+    for line in health.absent(|p| health.wanted(p)) {
+        say(format_args!("note: {line}"));
+    }
     if actions.iter().any(|a| matches!(a, Action::AttachTc { .. })) && o.tc()?.mode == Mode::Clsact {
         say(format_args!("note: {}", o.tc()?.describe()));
     }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{maps::MapInfo, programs::ProgramInfo};
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::programs as prog;
 
 use super::host::{Cgroup, Interface};
 use crate::{
@@ -64,6 +64,8 @@ pub struct Held {
     pub strays: Vec<Stray>,
     /// The class tables (None: the root has no class maps).
     pub classes: Option<crate::spec::classes::ClassTable>,
+    /// What the running kernel offers the health programs.
+    pub health: super::health::HealthKernel,
 }
 
 /// Reads a pinned link; `None` if the pin is not a link we can read.
@@ -97,7 +99,8 @@ pub fn read(
     cgroup_mount: &Path,
 ) -> Result<Held> {
     let mut held = Held::default();
-    for name in PROGRAMS {
+    let health_programs = object::health::PROGRAMS.iter().map(|p| p.name);
+    for name in PROGRAMS.into_iter().chain(health_programs) {
         let pin = pins.prog(name);
         if !pin.exists() {
             continue;
@@ -105,7 +108,7 @@ pub fn read(
         let info = ProgramInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
         held.programs.insert(name, HeldProgram { id: info.id() });
     }
-    for name in maps::ALL {
+    for name in object::all_maps() {
         let pin = pins.map(name);
         if !pin.exists() {
             continue;
@@ -130,12 +133,15 @@ pub fn read(
     link_pins.extend(tree.stats_files(pins));
     link_pins.push(pins.rmdir_link());
     link_pins.push(pins.release_link());
+    link_pins.extend(object::health::PROGRAMS.iter().map(|p| pins.tracing_link(p.name)));
     for pin in link_pins.into_iter().filter(|p| p.exists()) {
         let state = read_pin(pins, &pin, interfaces)?;
         held.links.insert(pin, state);
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;
     held.classes = super::classes::read(pins).context("reading the class tables")?;
+    held.health = super::health::probe()?;
+    held.health.failed = super::health::failed_programs(&pins.map(cgacct_common::health::maps::HEALTH_STATE));
     Ok(held)
 }
 

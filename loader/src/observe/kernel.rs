@@ -20,12 +20,13 @@ pub struct Offsets {
     pub cgroup_root_hierarchy_id: u32,
 }
 
-pub fn offsets() -> Result<Offsets> {
+/// The running kernel's BTF.
+pub fn open_btf() -> Result<Btf> {
     // Mapped and parsed lazily: the default (parse every type up front,
     // seeking in the file for each) took most of apply's time. Kernels that
     // cannot map the sysfs file (6.1 answers ENODEV) get it read whole and
     // parsed in memory.
-    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
         .or_else(|_| {
             let bytes = std::fs::read(VMLINUX_BTF)?;
             Btf::from_bytes(&bytes).map_err(anyhow::Error::from)
@@ -35,7 +36,11 @@ pub fn offsets() -> Result<Offsets> {
                 "cannot read kernel BTF at {VMLINUX_BTF}: cgacct needs the kernel's BTF, which \
                  Linux >= 5.4 built with CONFIG_DEBUG_INFO_BTF=y provides there (Debian's kernels do)"
             )
-        })?;
+        })
+}
+
+pub fn offsets() -> Result<Offsets> {
+    let btf = open_btf()?;
     require_cgroup_iter(&btf)?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
@@ -62,7 +67,7 @@ fn require_cgroup_iter(btf: &Btf) -> Result<()> {
 }
 
 /// Byte offset of `strukt.member`, looking into anonymous structs and unions.
-fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
+pub fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
     for ty in btf.resolve_types_by_name(strukt)? {
         if let Type::Struct(s) = ty {
             if let Some(bits) = find_member(btf, &s, member)? {

@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod classes;
+pub mod health;
 pub mod held;
 pub mod host;
 pub mod identity;

@@ -72,6 +72,13 @@ pub enum Action {
         #[serde(skip_serializing_if = "Option::is_none")]
         replace: Option<String>,
     },
+    /// Attach a TCP health or drop program to its kernel hook.
+    AttachHealth {
+        program: String,
+        pin: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replace: Option<String>,
+    },
     /// Remove a pin that the layout no longer wants (detaches a link,
     /// releases a removed cgroup held by its stats file).
     Unpin {
@@ -176,6 +183,13 @@ impl fmt::Display for Action {
                 verb(replace),
                 pin.display()
             ),
+            Action::AttachHealth {
+                program,
+                pin,
+                replace,
+            } => {
+                write!(f, "{}attach {program} -> {}", verb(replace), pin.display())
+            }
         }
     }
 }
@@ -190,6 +204,7 @@ impl Action {
             | Action::PinStats { pin, .. }
             | Action::AttachRmdir { pin, .. }
             | Action::AttachRelease { pin, .. }
+            | Action::AttachHealth { pin, .. }
             | Action::ReplaceMap { pin, .. }
             | Action::UpdateLink { pin, .. }
             | Action::Unpin { pin, .. } => Some(pin),

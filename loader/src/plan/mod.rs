@@ -19,6 +19,7 @@ pub mod access;
 pub mod action;
 pub mod check;
 pub mod classes;
+pub mod health;
 pub mod hooks;
 pub mod programs;
 
@@ -42,6 +43,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .into_iter()
         .collect();
     actions.extend(programs::tracing_links(&o.pins, &o.held, reload));
+    actions.extend(health::links(&o.pins, &o.held, reload));
 
     let c = hooks::Ctx {
         layout,

@@ -2,12 +2,12 @@
 //! replace maps whose shape no longer fits, and the tracepoint links
 //! (cgroup_rmdir, cgroup_release).
 use anyhow::{bail, Result};
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::programs as prog;
 
 use super::action::{Action, MapPolicy};
 use crate::{
     bpffs::Pins,
-    object::{self, wanted_maps, PROGRAMS, REBUILT_MAPS, TRACEPOINTS},
+    object::{self, all_wanted_maps, PROGRAMS, REBUILT_MAPS, TRACEPOINTS},
     observe::Held,
     spec::Layout,
 };
@@ -16,11 +16,10 @@ use crate::{
 /// maps, maps being replaced, or another build running.
 pub fn load_reason(held: &Held, replacing_maps: bool) -> Option<String> {
     let this = object::this_build();
-    if PROGRAMS.iter().any(|p| !held.programs.contains_key(p)) {
+    if PROGRAMS.iter().any(|p| !held.programs.contains_key(p)) || super::health::missing(held) {
         Some("programs are missing".to_string())
-    } else if maps::ALL.iter().any(|m| !held.maps.contains_key(m)) {
-        let missing: Vec<&str> = maps::ALL
-            .into_iter()
+    } else if object::all_maps().any(|m| !held.maps.contains_key(m)) {
+        let missing: Vec<&str> = object::all_maps()
             .filter(|m| !held.maps.contains_key(m))
             .collect();
         Some(format!(
@@ -65,7 +64,7 @@ pub fn tracing_links(pins: &Pins, held: &Held, reload: bool) -> Vec<Action> {
 /// Pinned maps whose shape differs from what this build and layout need.
 pub fn replace_maps(layout: &Layout, pins: &Pins, held: &Held, policy: MapPolicy) -> Result<Vec<Action>> {
     let mut out = Vec::new();
-    for (name, want) in wanted_maps(&layout.maps) {
+    for (name, want) in all_wanted_maps(&layout.maps) {
         let Some(have) = held.maps.get(name).copied() else {
             continue;
         };

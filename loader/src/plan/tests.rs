@@ -6,7 +6,7 @@ use cgacct_common::{maps, programs as prog};
 use super::{plan, Action, MapPolicy};
 use crate::{
     bpffs::{walk::Entry, walk::Tree, Direction, Pins},
-    object::{self, wanted_maps, PROGRAMS},
+    object::{self, PROGRAMS},
     observe::{held::HeldProgram, Cgroup, Held, Interface, Observed},
     spec::Layout,
     sys::bpf::{LinkState, LinkTarget, CGROUP_EGRESS, CGROUP_INGRESS, TCX_EGRESS, TCX_INGRESS},
@@ -65,7 +65,7 @@ fn converged(l: &Layout) -> Held {
         id(prog::CGROUP_RMDIR),
         id(prog::CGROUP_RELEASE),
     );
-    held.maps = wanted_maps(&l.maps).into_iter().collect();
+    held.maps = object::all_wanted_maps(&l.maps).into_iter().collect();
     let tcx = |attach_type| LinkTarget::Tcx {
         ifindex: 7,
         attach_type,

@@ -309,7 +309,17 @@ pub fn scrape(pins: &Pins, tree: &mut CgroupTree, names: &Resolver) -> Result<St
         .into_iter()
         .map(|i| (i.ifindex, i.name))
         .collect();
-    let mut out = render(&snap, tree, &names.table(), &ifnames);
+    let table = names.table();
+    let mut out = render(&snap, tree, &table, &ifnames);
+    if let Some(h) = super::health::read(pins).context("reading the health maps")? {
+        for fam in super::health::families(&h, |id| tree.get(id).map(|e| cgroup_labels(e, &table))) {
+            let mut f = Family::new(&mut out, &fam.name, "counter", &fam.help);
+            for (labels, v) in &fam.samples {
+                let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                f.sample(&fam.name, &l, *v);
+            }
+        }
+    }
     render_capacity(&mut out, &cap);
     Ok(out)
 }

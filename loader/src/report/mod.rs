@@ -4,6 +4,7 @@
 //! text ([`metrics`]) and the final totals of removed cgroups
 //! ([`removed`]).
 pub mod capacity;
+pub mod health;
 pub mod metrics;
 pub mod read;
 pub mod removed;

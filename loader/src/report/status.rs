@@ -37,6 +37,8 @@ struct Status {
     /// What the container runtimes say about the cgroups.
     runtimes: Table,
     ifnames: BTreeMap<u32, String>,
+    /// TCP health and drops, where the root has their maps.
+    health: Option<super::health::HealthSnap>,
 }
 
 impl Status {
@@ -67,6 +69,7 @@ impl Status {
             stats_files: tree.stats_files(&pins).len(),
             snap: read::snapshot(&pins).context("reading the pinned maps")?,
             capacity: capacity::read(&pins).context("reading how full the maps are")?,
+            health: super::health::read(&pins).context("reading the health maps")?,
             names: host::cgroup_names(&host::cgroup2_mount()?)?,
             runtimes: runtime::ask_for(root),
             ifnames: host::interfaces()?
@@ -160,6 +163,11 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "runtimes": s.runtimes.answers,
         "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
         "maps": cap["maps"], "overflow": cap["overflow"], "warnings": cap["warnings"],
+        "health": s.health.as_ref().map(|h| super::health::to_json(h, |id| {
+            let mut v = s.known(id);
+            v["path"] = json!(s.cgroup_name(id));
+            v
+        })),
     })
 }
 
@@ -220,8 +228,32 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     let mut h = head("in_bytes", "in_pkts", "out_bytes", "out_pkts", "interface (tc)");
     h[0] = "ifindex";
     table(h, ifaces.collect());
+    if let Some(h) = &s.health {
+        print_health(s, h);
+    }
     s.capacity.print();
     print_runtimes(s);
+}
+
+/// The health keys this kernel counts, one row per cgroup (own sockets).
+fn print_health(s: &Status, h: &super::health::HealthSnap) {
+    let keys = h.keys();
+    if keys.is_empty() {
+        return;
+    }
+    println!("\n{:<10} {}  cgroup (TCP health and drops)", "id", keys.join(" "));
+    for (id, v) in &h.own {
+        let vals = h.values(v);
+        let cols: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{:>w$}", vals[*k].as_u64().unwrap_or(0), w = k.len()))
+            .collect();
+        println!("{:<10} {}  {}", id, cols.join(" "), s.label(*id));
+    }
+    if !h.reasons.is_empty() {
+        let r: Vec<String> = h.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("drops by reason: {}", r.join(", "));
+    }
 }
 
 /// Where the names came from.

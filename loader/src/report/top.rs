@@ -75,6 +75,10 @@ pub struct Row {
     pub rx_packets_per_sec: f64,
     pub tx_bytes_per_sec: f64,
     pub tx_packets_per_sec: f64,
+    /// TCP health and drops counted during the interval (the keys this
+    /// kernel counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
     /// Counted during the interval by destination class (cgroup_skb,
     /// `--source socket`, with `[classes]` only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -162,6 +166,7 @@ pub fn rows(
                 tx_bytes_per_sec: per_sec(d.tx_bytes),
                 tx_packets_per_sec: per_sec(d.tx_packets),
                 classes: BTreeMap::new(),
+                health: None,
             })
         })
         .collect();
@@ -242,6 +247,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
     // delays a refresh; new containers are looked up as they appear.
     let names = runtime::resolver_for(root);
     let mut before = read::snapshot(&pins).context("reading the pinned maps")?;
+    let mut health_before = super::health::read(&pins).ok().flatten();
     let mut at = Instant::now();
     if o.once {
         eprintln!("sampling for {:.1}s", o.interval.as_secs_f64());
@@ -278,6 +284,13 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
                 r.classes = class_deltas(&before, &now, r.id);
             }
         }
+        let health_now = super::health::read(&pins).ok().flatten();
+        if let Some(h) = &health_now {
+            for r in &mut cgroups {
+                r.health = Some(super::health::interval(health_before.as_ref(), h, r.id));
+            }
+        }
+        health_before = health_now;
         if let Some(n) = o.limit {
             cgroups.truncate(n);
         } else if !o.once && !o.json {
