@@ -33,6 +33,7 @@ use crate::{
 
 pub mod destroy;
 pub mod detach;
+pub mod expedite;
 pub mod load;
 pub mod owners;
 pub mod prune;
@@ -49,12 +50,14 @@ pub struct Partial {
     pub source: anyhow::Error,
 }
 
-/// Runs `actions` in order, calling `report` after each one succeeds.
+/// Runs `actions` in order, calling `report` after each one succeeds and
+/// `note` with a line about how they run (expedited grace periods).
 pub fn execute(
     layout: &Layout,
     o: &Observed,
     actions: &[Action],
     mut report: impl FnMut(&Action),
+    mut note: impl FnMut(&str),
 ) -> Result<(), Partial> {
     let total = actions.len();
     let partial = |done, source| Partial { done, total, source };
@@ -82,13 +85,48 @@ pub fn execute(
             .and_then(|()| access::settle(&layout.access, pins, &dir))
             .map_err(|e| partial(0, anyhow!("creating {}: {e}", dir.display())))?;
     }
+    let _window = expedite_window(layout, o, actions, &mut note);
     for (done, action) in actions.iter().enumerate() {
+        if let Some(sig) = expedite::Window::interrupted() {
+            return Err(partial(done, anyhow!("stopped by signal {sig}")));
+        }
         run(layout, o, &mut s, action)
             .with_context(|| format!("failed to {action}"))
             .map_err(|e| partial(done, e))?;
         report(action);
     }
     Ok(())
+}
+
+/// Expedited grace periods for a bulk TCX attach ([`expedite`]), unless
+/// the layout turns them off; a failure to set them up only slows the
+/// attach down.
+fn expedite_window(
+    layout: &Layout,
+    o: &Observed,
+    actions: &[Action],
+    note: &mut impl FnMut(&str),
+) -> Option<expedite::Window> {
+    let n = actions
+        .iter()
+        .filter(|a| matches!(a, Action::AttachTc { .. }))
+        .count();
+    if n < expedite::BULK || !layout.tc_expedite_rcu || !o.tc().is_ok_and(|t| t.mode == tc::Mode::Tcx) {
+        return None;
+    }
+    match expedite::Window::open(n) {
+        Ok(Some((w, line))) => {
+            note(&line);
+            Some(w)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            note(&format!(
+                "warning: not expediting RCU grace periods: {e:#} (the TCX attachments take longer)"
+            ));
+            None
+        }
+    }
 }
 
 /// State carried from one action to the next within one `execute`.
@@ -196,6 +234,7 @@ fn attach_tc(
     }
     let p = s.tc[i].as_mut().ok_or_else(|| anyhow!("tc program not open"))?;
     sys::fault::step();
+    sys::fault::fail_tc()?;
     tc::attach::attach(pins, o.tc()?.mode, p, interface, direction, pin)?;
     Ok(access::settle(&layout.access, pins, pin)?)
 }

@@ -25,6 +25,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     let root = a.at.resolve()?;
     host::check_privileges()?;
     root::check_on_bpffs(&root)?;
+    super::restore_rcu();
     if !root.is_dir() {
         say(format_args!(
             "{} does not exist: nothing to destroy",
