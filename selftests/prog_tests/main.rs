@@ -19,6 +19,7 @@ mod faults;
 mod late;
 mod latency;
 mod lifecycle;
+mod rcu;
 mod removal;
 mod tc_modes;
 mod top;

@@ -218,6 +218,7 @@ impl Window {
         }
         // Released before the window can drop: its Drop takes the lock again.
         drop(locked);
+        sys::fault::point("rcu-expedited");
         Ok(Some((
             Window { me, signals },
             format!(
@@ -246,5 +247,28 @@ impl Drop for Window {
         if let Some(s) = self.signals.take() {
             signals::restore(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_its_pid_and_start_time() {
+        let me = Holder::me().expect("own /proc entry");
+        assert!(me.alive());
+        let recycled = Holder {
+            pid: me.pid,
+            start: me.start + 1,
+        };
+        assert!(!recycled.alive(), "same pid, another start: another process");
+        let text = serde_json::to_string(&Record {
+            previous: false,
+            holders: vec![me],
+        })
+        .expect("json");
+        let back: Record = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.holders, vec![me]);
     }
 }

@@ -85,8 +85,12 @@ pub fn execute(
             .and_then(|()| access::settle(&layout.access, pins, &dir))
             .map_err(|e| partial(0, anyhow!("creating {}: {e}", dir.display())))?;
     }
-    let _window = expedite_window(layout, o, actions, &mut note);
+    // Opened at the first TCX attachment, closed (dropped) on every return.
+    let mut window: Option<Option<expedite::Window>> = None;
     for (done, action) in actions.iter().enumerate() {
+        if window.is_none() && matches!(action, Action::AttachTc { .. }) {
+            window = Some(expedite_window(layout, o, &actions[done..], &mut note));
+        }
         if let Some(sig) = expedite::Window::interrupted() {
             return Err(partial(done, anyhow!("stopped by signal {sig}")));
         }

@@ -25,6 +25,20 @@ pub fn step() {
     }
 }
 
+/// Marks a named point: `CGACCT_PIN_KILL_AT=<name>` sends SIGKILL to this
+/// process there, `CGACCT_PIN_KILL_AT=<name>:TERM` SIGTERM.
+pub fn point(name: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    let Some(at) = AT.get_or_init(|| std::env::var("CGACCT_PIN_KILL_AT").ok()) else {
+        return;
+    };
+    match at.strip_prefix(name) {
+        Some("") => super::os::kill_self(),
+        Some(":TERM") => super::os::raise(libc::SIGTERM),
+        _ => {}
+    }
+}
+
 /// Fails the N-th call when `CGACCT_PIN_FAIL_TC_AT=N` is set.
 pub fn fail_tc() -> Result<(), super::SysError> {
     static FAIL_AT: OnceLock<Option<u64>> = OnceLock::new();

@@ -180,6 +180,14 @@ pub fn kill_self() {
     }
 }
 
+/// Raises `sig` at this process.
+pub fn raise(sig: libc::c_int) {
+    // SAFETY: raising a signal at ourselves.
+    unsafe {
+        libc::raise(sig);
+    }
+}
+
 /// Restores SIGPIPE's default action, so that a command whose output is
 /// closed (`cgacct-pin status | head -1`) ends quietly, as Unix tools do,
 /// instead of failing on the write.
