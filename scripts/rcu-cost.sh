@@ -88,8 +88,8 @@ measure() {
   cyc=
   local rate=0 gap=0
   for c in $(seq 0 $((ncpu - 1))); do
-    read -r r g < "$scratch/spin$c"
-    rate=$((rate + r))
+    read -r cr g < "$scratch/spin$c"
+    rate=$((rate + cr))
     gap=$(awk -v a="$gap" -v b="$g" 'BEGIN { print (b > a) ? b : a }')
   done
   local avg max

@@ -1,7 +1,8 @@
 //! Expedited RCU grace periods around a bulk TCX attach: apply sets the
 //! host-wide `/sys/kernel/rcu_expedited` to 1 only while it attaches, says
 //! so, and puts the previous value back after a normal run, a failed one,
-//! one stopped by SIGTERM, and, at the next run, one killed with SIGKILL.
+//! one stopped by SIGTERM, and, at the next run, one killed with SIGKILL;
+//! destroy does the same while the kernel detaches the links.
 //! The test keeps the host's own value and puts it back on every exit,
 //! panics included.
 use std::{
@@ -77,6 +78,14 @@ fn cgacct(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// No program attached at any TCX hook of our interfaces.
+fn tc_modes_clean(w: &World) -> bool {
+    (0..EXTRA)
+        .map(|i| format!("{}h{i}", w.prefix))
+        .chain([w.host_if.clone()])
+        .all(|name| cgacct_pin::tc::attached_programs(&name).is_ok_and(|a| a.tcx == 0))
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -125,7 +134,12 @@ fn rcu_expedited_is_restored_on_every_exit_path() {
         // Converged: nothing to attach, nothing expedited.
         let out = apply(&[("CGACCT_PIN_KILL_AT", "rcu-expedited")]);
         assert!(out.status.success() && stdout(&out).contains("nothing to do"));
-        assert!(destroy().status.success());
+        // destroy: the kernel detaches the 10 TCX links after their pins go.
+        let out = destroy();
+        assert!(out.status.success());
+        assert!(stdout(&out).contains("expediting RCU grace periods for 10 TCX detachments"));
+        assert_restored("a destroy");
+        assert!(tc_modes_clean(&w), "every TCX link detached when destroy returns");
     });
     world::subtest("failed", || {
         let out = apply(&[("CGACCT_PIN_FAIL_TC_AT", "3")]);

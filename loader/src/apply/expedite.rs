@@ -3,7 +3,9 @@
 //! of them take tens of seconds; with `/sys/kernel/rcu_expedited` = 1 the
 //! same attachments take a fraction of a second (BENCHMARKS.md). The switch
 //! is host-wide, so cgacct turns it on only for the duration of an
-//! `execute` that makes at least [`BULK`] TCX attachments, only when the
+//! `execute` that makes at least [`BULK`] TCX attachments (or a `destroy`
+//! that removes as many: the kernel detaches each one, after its pin goes,
+//! in a work item that waits for a grace period too), only when the
 //! layout allows (`[tc] expedite_rcu`, default true), and puts the previous
 //! value back on every exit path:
 //!
@@ -188,10 +190,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// Turns expedited grace periods on for `attachments` TCX attachments,
-    /// recording first what to restore. None when the switch was on
-    /// already (nothing to restore) or is missing (a kernel without it).
-    pub fn open(attachments: usize) -> Result<Option<(Window, String)>> {
+    /// Turns expedited grace periods on for `count` TCX `what`
+    /// ("attachments", "detachments"), recording first what to restore.
+    /// None when the switch was on already (nothing to restore) or is
+    /// missing (a kernel without it).
+    pub fn open(count: usize, what: &str) -> Result<Option<(Window, String)>> {
         let path = Path::new(RCU_EXPEDITED);
         if !path.exists() {
             return Ok(None);
@@ -222,8 +225,8 @@ impl Window {
         Ok(Some((
             Window { me, signals },
             format!(
-                "expediting RCU grace periods for {attachments} TCX attachments: {RCU_EXPEDITED} = 1 \
-                 until they are made, then {} again ([tc] expedite_rcu = false turns this off)",
+                "expediting RCU grace periods for {count} TCX {what}: {RCU_EXPEDITED} = 1 until \
+                 they are done, then {} again ([tc] expedite_rcu = false turns this off)",
                 u8::from(r.previous)
             ),
         )))

@@ -118,7 +118,7 @@ fn expedite_window(
     if n < expedite::BULK || !layout.tc_expedite_rcu || !o.tc().is_ok_and(|t| t.mode == tc::Mode::Tcx) {
         return None;
     }
-    match expedite::Window::open(n) {
+    match expedite::Window::open(n, "attachments") {
         Ok(Some((w, line))) => {
             note(&line);
             Some(w)
