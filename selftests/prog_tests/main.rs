@@ -21,6 +21,7 @@ mod health;
 mod late;
 mod latency;
 mod lifecycle;
+mod rcu;
 mod removal;
 mod tc_modes;
 mod top;

@@ -184,6 +184,16 @@ pub fn say(line: impl Display) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// Restores `/sys/kernel/rcu_expedited` where a killed run left it on
+/// (`apply::expedite`): every command that changes state starts with it.
+pub fn restore_rcu() {
+    match crate::apply::expedite::recover() {
+        Ok(Some(line)) => say(line),
+        Ok(None) => {}
+        Err(e) => eprintln!("cgacct-pin: warning: {e:#}"),
+    }
+}
+
 /// Which root a reading command works on: `--root`, else the layout's,
 /// else the default.
 #[derive(clap::Args)]

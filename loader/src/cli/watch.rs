@@ -36,6 +36,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
         reconcile_every: Duration::from_secs(a.reconcile_every),
         keep_removed: Duration::from_secs(a.keep_removed),
     };
+    super::restore_rcu();
     let watcher = Watcher::start(layout, opts)?;
     watcher.run().map_err(Failure::Stopped)?;
     Ok(Done::Unchanged)

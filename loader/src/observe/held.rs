@@ -128,14 +128,22 @@ pub fn read(
     if held.programs.contains_key(prog::CGROUP_ITER) {
         held.build = running_build(&pins.prog(prog::CGROUP_ITER))?;
     }
+    // The walk just saw these: no stat of each again. One removed since
+    // reads as no link, and is dropped if it is gone.
     let mut link_pins = tree.two_level(&pins.tc_links());
     link_pins.extend(tree.two_level(&pins.cgroup_links()));
     link_pins.extend(tree.stats_files(pins));
-    link_pins.push(pins.rmdir_link());
-    link_pins.push(pins.release_link());
-    link_pins.extend(object::health::PROGRAMS.iter().map(|p| pins.tracing_link(p.name)));
-    for pin in link_pins.into_iter().filter(|p| p.exists()) {
-        let state = read_pin(pins, &pin, interfaces)?;
+    link_pins.extend(
+        [pins.rmdir_link(), pins.release_link()]
+            .into_iter()
+            .chain(object::health::PROGRAMS.iter().map(|p| pins.tracing_link(p.name)))
+            .filter(|p| p.exists()),
+    );
+    let states = super::par_map(&link_pins, |pin| read_pin(pins, pin, interfaces))?;
+    for (pin, state) in link_pins.into_iter().zip(states) {
+        if state.is_none() && !pin.exists() {
+            continue;
+        }
         held.links.insert(pin, state);
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;
@@ -159,11 +167,11 @@ fn strays(
         .chain(held.links.values().flatten().map(|l| l.prog_id))
         .collect();
     let our_links: BTreeSet<u32> = held.links.values().flatten().map(|l| l.id).collect();
-    let mut out = Vec::new();
     if ours.is_empty() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    for iface in interfaces {
+    let mut out: Vec<Stray> = super::par_map(interfaces, |iface| {
+        let mut out = Vec::new();
         for (direction, attach_type) in [
             (Direction::Ingress, sys::bpf::TCX_INGRESS),
             (Direction::Egress, sys::bpf::TCX_EGRESS),
@@ -186,7 +194,11 @@ fn strays(
                 }
             }
         }
-    }
+        Ok(out)
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
     // Cgroup queries report programs, not links: count ours against the
     // links we hold on that cgroup and hook.
     let mut held_at: BTreeMap<(u64, u32), usize> = BTreeMap::new();
@@ -199,9 +211,10 @@ fn strays(
             *held_at.entry((cgroup_id, attach_type)).or_default() += 1;
         }
     }
-    for cg in cgroups {
+    let at_cgroups = super::par_map(cgroups, |cg| {
+        let mut out = Vec::new();
         let Ok(dir) = fs::File::open(cg.fs_path(cgroup_mount)) else {
-            continue; // removed meanwhile
+            return Ok(out); // removed meanwhile
         };
         for (direction, attach_type) in [
             (Direction::Ingress, sys::bpf::CGROUP_INGRESS),
@@ -221,7 +234,9 @@ fn strays(
                 });
             }
         }
-    }
+        Ok(out)
+    })?;
+    out.extend(at_cgroups.into_iter().flatten());
     Ok(out)
 }
 
