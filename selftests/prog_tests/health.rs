@@ -116,15 +116,26 @@ fn world() -> World {
 }
 
 /// Apply said why a key is absent (here, or in a later apply).
-fn said_absent(w: &World, key: &str) -> bool {
+pub fn said_absent(w: &World, key: &str) -> bool {
+    absent_keys(w).iter().any(|k| k == key)
+}
+
+/// The keys a re-apply says this kernel cannot count.
+pub fn absent_keys(w: &World) -> Vec<String> {
     let out = w.try_cgacct(&["apply", w.layout_arg()], &[]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    text.lines()
-        .any(|l| l.contains(&format!("{key} and self_{key} are absent")))
+    cgacct_common::health::KEYS
+        .iter()
+        .filter(|k| {
+            text.lines()
+                .any(|l| l.contains(&format!("{k} and self_{k} are absent")))
+        })
+        .map(|k| k.to_string())
+        .collect()
 }
 
 #[test]
