@@ -1,27 +1,21 @@
-//! TCP health and drops per cgroup: tracing programs on the kernel
-//! functions (and tracepoints) that count the per-network-namespace MIB
-//! counters of the same names, each adding one event to the cgroup of the
-//! socket it is about (`sk->sk_cgrp_data.cgroup`, a cgroup2 cgroup).
+//! TCP health and drops per cgroup: programs on the kernel tracepoints
+//! (and, for timeouts, functions) beside the increments of the
+//! per-network-namespace MIB counters of the same names, each adding one
+//! event to the cgroup of the socket it is about (`sk->sk_cgrp_data.cgroup`,
+//! a cgroup2 cgroup). Where each sits and what it counts: README.md, "TCP
+//! health and drops".
 //!
-//! Each program stands beside the kernel's increment and sees exactly the
-//! same events (see README.md, "TCP health and drops", for where each one
-//! sits and what it counts):
-//!
-//! - ActiveOpens: `tcp_connect()` returning 0 (it counts just before).
-//! - PassiveOpens: `tcp_create_openreq_child()` returning a child.
-//! - RetransSegs: the growth of `tp->total_retrans` across
-//!   `__tcp_retransmit_skb()` (the kernel adds the same `tcp_skb_pcount`
-//!   to both, whether the transmit then succeeds or not), and the
-//!   `tcp_retransmit_synack` tracepoint (fired exactly when a SYN-ACK
-//!   retransmit is counted).
-//! - TCPTimeouts: `tcp_retransmit_timer()` entered in the state in which it
-//!   counts (no Fast Open request pending, packets out, not a zero-window
-//!   probe), and `tcp_syn_ack_timeout()` (always counts; the listener).
-//! - OutRsts: `tcp_send_active_reset()` (always counts), and
-//!   `tcp_v4_send_reset()` / `tcp_v6_send_reset()` for a reset sent on
-//!   behalf of a full socket (not in reply to a reset).
-//! - drops: the `kfree_skb` tracepoint with a reason, for the receiving
-//!   socket (`rx_sk`, Linux >= 6.11) or the skb's own.
+//! - ActiveOpens, PassiveOpens: `inet_sock_set_state` (to `SYN_SENT`;
+//!   `LISTEN` -> `SYN_RECV`, the child a listener makes).
+//! - RetransSegs: the growth of `tp->total_retrans` (the kernel adds each
+//!   retransmission's segments to it and to RetransSegs in one place),
+//!   taken at `tcp_retransmit_skb` and when the socket closes; and
+//!   `tcp_retransmit_synack`.
+//! - TCPTimeouts: fentry `tcp_retransmit_timer()` in the state in which it
+//!   counts, and `tcp_syn_ack_timeout()`.
+//! - OutRsts: `tcp_send_reset` for a full socket.
+//! - drops: `kfree_skb` with a reason, for the receiving socket (`rx_sk`,
+//!   Linux >= 6.11) or the skb's own.
 //!
 //! Counters live in `HEALTH_STATS` (per CPU, by cgroup id); a removed
 //! cgroup's go to its parent's `HEALTH_DEPARTED` entry at removal, and the

@@ -204,6 +204,16 @@ fn net_stat_of_a_known_state_is_exactly_this_text() {
             own(packets),
         )
     };
-    assert_eq!(text("a.scope"), expected(w.cgroup_id("a.scope"), 1, true));
-    assert_eq!(text(""), expected(w.cgroup_id(""), 2, false));
+    // UDP to a listening peer: no TCP event, no drop. The health keys this
+    // kernel counts follow the traffic keys, each with its self_ key.
+    let keys = cgacct_pin::report::health::read(&pins)
+        .expect("health maps")
+        .expect("health maps pinned")
+        .keys();
+    let health: String = keys.iter().map(|k| format!("{k} 0\nself_{k} 0\n")).collect();
+    assert_eq!(
+        text("a.scope"),
+        expected(w.cgroup_id("a.scope"), 1, true) + &health
+    );
+    assert_eq!(text(""), expected(w.cgroup_id(""), 2, false) + &health);
 }

@@ -41,10 +41,10 @@ pub fn configure<'a>(
 /// kernel refuses (fentry where the kernel allows no trampolines) is left
 /// out, its keys absent. Records the keys and the refused programs in
 /// `HEALTH_STATE` for the iterator, `status` and later applies. Returns a
-/// line for each program refused.
+/// line for each key absent by a refusal that `apply` has not said yet.
 pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result<Vec<String>> {
     let mut failed = 0u32;
-    let mut said = Vec::new();
+    let mut refused = k.clone();
     for (i, p) in object::health::PROGRAMS.into_iter().enumerate() {
         if !k.programs.contains(p.name) {
             continue;
@@ -61,11 +61,7 @@ pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result
         if let Err(e) = loaded {
             // A hook this kernel lists but refuses: the key goes absent.
             failed |= 1 << i;
-            said.push(format!(
-                "{} ({}): the kernel refused it: {e}",
-                p.name,
-                p.hook.target()
-            ));
+            refused.why.insert(p.name, format!("the kernel refused it: {e}"));
             if pin.exists() {
                 fs::remove_file(&pin)?;
             }
@@ -80,13 +76,26 @@ pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result
             .pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
-    let keys = k.keys(|name| {
+    let loaded = |name: &str| {
         k.programs.contains(name)
             && object::health::PROGRAMS
                 .iter()
                 .position(|p| p.name == name)
                 .is_some_and(|i| failed & (1 << i) == 0)
-    });
+    };
+    let keys = k.keys(loaded);
+    // Said at plan time already: what was absent before this load.
+    let before = k.keys(|n| k.wanted(n));
+    let said: Vec<String> = refused
+        .absent(loaded)
+        .into_iter()
+        .filter(|line| {
+            health::KEYS
+                .iter()
+                .enumerate()
+                .any(|(i, key)| before & !keys & (1 << i) != 0 && line.starts_with(&format!("{key} ")))
+        })
+        .collect();
     let map = ebpf
         .map_mut(health::maps::HEALTH_STATE)
         .ok_or_else(|| anyhow!("map {} missing from the object", health::maps::HEALTH_STATE))?;

@@ -54,7 +54,7 @@ pub fn load_programs(
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     // Before the iterator, which is pinned last.
     for line in super::health::load(&mut ebpf, health, pins, &btf)? {
-        eprintln!("cgacct-pin: note: {line}");
+        println!("note: {line}");
     }
     for name in object::PROGRAMS {
         let program = ebpf
