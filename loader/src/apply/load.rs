@@ -1,5 +1,5 @@
 //! Loading the object against the pinned maps and pinning its programs.
-use std::{collections::BTreeSet, fs};
+use std::{collections::BTreeSet, fs, io::Write as _};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -54,7 +54,8 @@ pub fn load_programs(
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     // Before the iterator, which is pinned last.
     for line in super::health::load(&mut ebpf, health, pins, &btf)? {
-        println!("note: {line}");
+        // As `cli::say`: a closed output must not stop an apply half-way.
+        let _ = writeln!(std::io::stdout().lock(), "note: {line}");
     }
     for name in object::PROGRAMS {
         let program = ebpf
