@@ -27,7 +27,7 @@ fn cgroup_attachments(w: &World) -> usize {
 }
 
 fn our_program_ids(w: &World) -> Vec<u32> {
-    cgacct_pin::object::PROGRAMS
+    crate::world::programs()
         .iter()
         .map(|p| {
             aya::programs::ProgramInfo::from_pin(w.root.join("progs").join(p))

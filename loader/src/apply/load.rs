@@ -1,19 +1,24 @@
 //! Loading the object against the pinned maps and pinning its programs.
-use std::{collections::BTreeSet, fs};
+use std::{collections::BTreeSet, ffi::CString, fs, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{Btf, Ebpf, EbpfLoader};
 use cgacct_common::globals;
 
+use super::replace;
 use crate::{bpffs::Pins, object, observe::kernel, spec::Layout, sys};
 
 /// Loads the object: pinned maps are reused, but those being replaced,
 /// which are created new. Programs are pinned in place of the pinned ones,
-/// the iterator last (see [`object::PROGRAMS`]).
+/// the iterator last (see [`object::PROGRAMS`]); on a kernel without
+/// cgroup iterators the iterator is not loaded.
 pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
+    let k = kernel::features().object();
+    let shared = u32::from(k.shared_counters);
     let build = object::this_build();
+    sys::os::raise_memlock();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(globals::NR_CPUS, &nr_cpus, true)
@@ -30,17 +35,28 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
             &offsets.cgroup_root_hierarchy_id,
             true,
         )
+        .override_global(globals::SHARED_COUNTERS, &shared, true)
         .override_global(globals::BUILD_ID, &build, true);
-    for (name, shape) in object::wanted_maps(&layout.maps) {
+    for (name, shape) in object::wanted_maps(&layout.maps, k) {
         loader.map_max_entries(name, shape.max_entries);
-        if !replaced.contains(name) {
-            loader.map_pin_path(name, pins.map(name));
+        let pin = pins.map(name);
+        if k.shared_counters && object::COUNTER_MAPS.contains(&name) {
+            // The object declares per-CPU hashes; aya takes a pinned map as
+            // it is, so the shared one is made and pinned first.
+            let at = match replaced.contains(name) {
+                true => replace::next_pin(name, &pin),
+                false => pin,
+            };
+            shared_map(name, &at, shape, replaced.contains(name))?;
+            loader.map_pin_path(name, at);
+        } else if !replaced.contains(name) {
+            loader.map_pin_path(name, pin);
         }
     }
     sys::fault::step();
     let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    for name in object::PROGRAMS {
+    for &name in object::programs(k) {
         let program = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
@@ -68,4 +84,30 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
     Ok(ebpf)
+}
+
+/// Makes the shared counter map `name` (a plain hash of `shape`) pinned at
+/// `at`, unless one is pinned there already; `fresh`: a map left there by
+/// an earlier run is replaced (a map being replaced starts empty).
+fn shared_map(name: &str, at: &Path, shape: object::MapShape, fresh: bool) -> Result<()> {
+    if at.exists() {
+        if !fresh {
+            return Ok(());
+        }
+        fs::remove_file(at).with_context(|| format!("removing {}", at.display()))?;
+    }
+    sys::fault::step();
+    // Without BTF the map would work the same, but bpftool would print it
+    // in hex; a kernel refusing this small BTF gets the map without it.
+    let btf = sys::bpf::btf_load(&object::counter_btf()).ok();
+    let fd = sys::bpf::hash_map_create(&sys::bpf::MapSpec {
+        name,
+        key_size: shape.key_size,
+        value_size: shape.value_size,
+        max_entries: shape.max_entries,
+        btf: btf.as_ref().map(|b| (b.as_fd(), 1, 2)),
+    })?;
+    let c = CString::new(at.as_os_str().as_encoded_bytes())?;
+    sys::bpf::obj_pin(fd.as_fd(), &c).with_context(|| format!("pinning {}", at.display()))?;
+    Ok(())
 }

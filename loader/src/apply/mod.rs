@@ -109,7 +109,7 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
     match action {
         Action::LoadPrograms { .. } => {
             s.loaded = Some(load::load_programs(layout, pins, &s.replaced)?);
-            for p in object::PROGRAMS {
+            for p in object::programs(o.kernel.object()) {
                 access::settle(&layout.access, pins, &pins.prog(p))?;
             }
             for m in maps::ALL {

@@ -1,17 +1,27 @@
 //! Replacing a pinned map by one of a new shape, counters copied over or
 //! not.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
 use cgacct_common::{maps, Counters, Departed, Removed};
 
 use crate::sys;
 
+/// Where the map replacing `name` (pinned at `pin`) is pinned before the
+/// rename.
+pub fn next_pin(name: &str, pin: &Path) -> PathBuf {
+    pin.with_file_name(format!("{}_next", name.to_ascii_lowercase()))
+}
+
 /// Pins `new` in place of the map pinned at `pin` (an atomic rename on
 /// bpffs), adding the old counters into it first when `keep`.
 pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<()> {
-    let next = pin.with_file_name(format!("{}_next", name.to_ascii_lowercase()));
+    let next = next_pin(name, pin);
     if next.exists() {
         fs::remove_file(&next)?;
     }
@@ -69,15 +79,40 @@ fn copy_removed(old: &Path, new: &mut Map) -> Result<()> {
 }
 
 /// Adds every counter of the map pinned at `old` into `new`, CPU by CPU
-/// (the new programs may already have counted into it).
+/// (the new programs may already have counted into it); into its one value
+/// when `new` is shared by every CPU (a plain hash, see `object::Kernel`).
 fn add_counters<K: aya::Pod + Ord>(old: &Path, new: &mut Map) -> Result<()> {
-    let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
-    let old: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(old).try_into()?;
+    let old = old_counters::<K>(old)?;
+    let data = match new {
+        Map::PerCpuHashMap(d) | Map::HashMap(d) => d,
+        _ => bail!("a counter map has an unexpected type"),
+    };
+    if data.info()?.map_type()? == MapType::Hash {
+        let fd = data.fd().as_fd().try_clone_to_owned()?;
+        let mut new: HashMap<MapData, K, Counters> = Map::HashMap(MapData::from_fd(fd)?).try_into()?;
+        for (key, values) in old {
+            let mut sum = Counters::default();
+            values.iter().for_each(|v| sum.add(v));
+            if let Ok(cur) = new.get(&key, 0) {
+                sum.add(&cur);
+            }
+            sys::fault::step();
+            new.insert(key, sum, 0)?;
+        }
+        return Ok(());
+    }
     let mut new: PerCpuHashMap<&mut MapData, K, Counters> = new.try_into()?;
-    for entry in old.iter() {
-        let (key, values) = entry?;
-        let mut sum: Vec<Counters> = values.iter().copied().collect();
+    for (key, mut sum) in old {
         if let Ok(cur) = new.get(&key, 0) {
+            if sum.len() != cur.len() {
+                // From a shared map: all of it on the first CPU.
+                let total = sum.iter().fold(Counters::default(), |mut t, v| {
+                    t.add(v);
+                    t
+                });
+                sum = vec![Counters::default(); cur.len()];
+                sum[0] = total;
+            }
             for (s, c) in sum.iter_mut().zip(cur.iter()) {
                 s.add(c);
             }
@@ -86,4 +121,25 @@ fn add_counters<K: aya::Pod + Ord>(old: &Path, new: &mut Map) -> Result<()> {
         new.insert(key, PerCpuValues::try_from(sum)?, 0)?;
     }
     Ok(())
+}
+
+/// Every entry of the counter map pinned at `old`: its CPUs' values, or
+/// its one value when it is shared.
+fn old_counters<K: aya::Pod + Ord>(old: &Path) -> Result<Vec<(K, Vec<Counters>)>> {
+    let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let mut out = Vec::new();
+    if data.info()?.map_type()? == MapType::Hash {
+        let map: HashMap<MapData, K, Counters> = Map::HashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, v) = entry?;
+            out.push((key, vec![v]));
+        }
+    } else {
+        let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, values) = entry?;
+            out.push((key, values.iter().copied().collect()));
+        }
+    }
+    Ok(out)
 }

@@ -184,6 +184,26 @@ pub fn say(line: impl Display) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// What `apply` and `watch` say once on a kernel without cgroup
+/// iterators (or without the helper the iterator needs).
+pub fn no_stats_files_note(k: &crate::observe::kernel::Features) -> Option<String> {
+    if k.stats_files() {
+        return None;
+    }
+    Some(format!(
+        "note: no net.stat files on this kernel: they need Linux >= 6.1 (cgroup iterators{}). \
+         Everything else is loaded and attached, and `status`, `top`, `export` and `removed` \
+         show the same counters (`status --json`: every cgroup's net.stat keys, subtree \
+         included, under \"stats\")",
+        match k.percpu_lookup {
+            true => "",
+            false =>
+                ", and bpf_map_lookup_percpu_elem of Linux >= 5.19: the cgroup counter \
+                     maps here are shared hashes with atomic adds",
+        }
+    ))
+}
+
 /// Which root a reading command works on: `--root`, else the layout's,
 /// else the default.
 #[derive(clap::Args)]

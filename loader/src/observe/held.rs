@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{maps::MapInfo, programs::ProgramInfo};
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::maps;
 
 use super::host::{Cgroup, Interface};
 use crate::{
@@ -93,6 +93,7 @@ pub fn read(
     interfaces: &[Interface],
     cgroups: &[Cgroup],
     cgroup_mount: &Path,
+    k: object::Kernel,
 ) -> Result<Held> {
     let mut held = Held::default();
     for name in PROGRAMS {
@@ -120,8 +121,12 @@ pub fn read(
             },
         );
     }
-    if held.programs.contains_key(prog::CGROUP_ITER) {
-        held.build = running_build(&pins.prog(prog::CGROUP_ITER))?;
+    // The program pinned last carries the build (the iterator, where this
+    // kernel has it).
+    if let Some(last) = object::programs(k).last() {
+        if held.programs.contains_key(last) {
+            held.build = running_build(&pins.prog(last))?;
+        }
     }
     let mut link_pins = tree.two_level(&pins.tc_links());
     link_pins.extend(tree.two_level(&pins.cgroup_links()));

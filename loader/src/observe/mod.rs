@@ -34,6 +34,8 @@ pub struct Observed {
     /// Files and directories under the root.
     pub tree: Tree,
     pub held: Held,
+    /// What the running kernel offers (probed; see [`kernel::Features`]).
+    pub kernel: kernel::Features,
     /// What the layout asks of TC (`[tc] attach`).
     pub tc_preference: tc::Preference,
     /// How TC attaches, decided the first time it is needed: probing the
@@ -62,6 +64,7 @@ impl Observed {
             interfaces: host::interfaces()?,
             tree: Tree::default(),
             held: Held::default(),
+            kernel: kernel::features(),
             tc_preference: layout.tc_attach,
             tc: std::cell::OnceCell::new(),
         };
@@ -69,7 +72,8 @@ impl Observed {
         Ok(o)
     }
 
-    /// An observed state made by hand (tests of the planners).
+    /// An observed state made by hand (tests of the planners), on a kernel
+    /// with every feature (set `kernel` for another).
     pub fn new(
         pins: Pins,
         interfaces: Vec<Interface>,
@@ -84,6 +88,7 @@ impl Observed {
             cgroups,
             tree,
             held,
+            kernel: kernel::Features::ALL,
             tc_preference: tc::Preference::Auto,
             tc: std::cell::OnceCell::new(),
         }
@@ -108,6 +113,7 @@ impl Observed {
             &self.interfaces,
             &self.cgroups,
             &self.cgroup_mount,
+            self.kernel.object(),
         )
         .context("reading what the kernel holds under the root")?;
         Ok(())
