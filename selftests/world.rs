@@ -14,8 +14,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cgacct-pin");
 
-/// Why the kernel tests cannot run here, if they cannot.
+/// Why the kernel tests cannot run here, if they cannot. Raises
+/// RLIMIT_MEMLOCK on the way, as cgacct-pin does: kernels before 5.11
+/// charge the programs this process loads (probes) to it.
 pub fn missing_privilege() -> Option<String> {
+    cgacct_pin::sys::os::raise_memlock();
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: the selftests create netns, veths, cgroups and BPF pins".into());
@@ -407,13 +410,28 @@ impl World {
         self.status_stat(rel)
     }
 
+    /// `net.stat` of the cgroup2 root (with the overflow keys), from the
+    /// file or, without cgroup iterators, from `status --json`.
+    pub fn root_stat(&self) -> std::collections::BTreeMap<String, u64> {
+        if stats_files() {
+            let pins = cgacct_pin::bpffs::names::Pins::new(&self.root, true);
+            return cgacct_pin::report::read::read_stat(&pins.stats_file("")).expect("root net.stat");
+        }
+        self.status_stat_of("/")
+    }
+
     /// The `net.stat` keys of one of our cgroups as `status --json` computes
     /// them from the pinned maps (on any kernel).
     pub fn status_stat(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
+        self.status_stat_of(&format!("/{}", self.cgroup(rel)))
+    }
+
+    /// The `net.stat` keys `status --json` computes for the cgroup at
+    /// `path` ("/" for the root, "/a/b" below).
+    pub fn status_stat_of(&self, path: &str) -> std::collections::BTreeMap<String, u64> {
         let out = self.cgacct(&["status", "--json", "--root", self.root.to_str().expect("utf-8")]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-        let path = format!("/{}", self.cgroup(rel));
-        let keys = v["stats"][&path]
+        let keys = v["stats"][path]
             .as_object()
             .unwrap_or_else(|| panic!("status --json has no stats of {path}"));
         keys.iter()

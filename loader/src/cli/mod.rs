@@ -150,6 +150,9 @@ pub fn main() -> ExitCode {
     ) {
         sys::os::default_sigpipe();
     }
+    // Kernels before 5.11 charge BPF objects, the probes' included, to
+    // RLIMIT_MEMLOCK.
+    sys::os::raise_memlock();
     let detailed = match &cli.command {
         Command::Apply(a) => a.opts.detailed_exitcode,
         Command::Plan(p) => p.opts.detailed_exitcode,

@@ -48,6 +48,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         links: &o.held.links,
         programs: &o.held.programs,
         reload,
+        stats_files: k.stats_files,
     };
     let mut h = hooks::Hooks::default();
     let tc: Vec<_> = o
