@@ -330,7 +330,9 @@ fn concurrent_applies_are_serialized() {
     // Four applies at once: all succeed, the kernel holds the layout once.
     let outs: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| w.try_cgacct(&["apply", w.layout_arg()], &[])))
+            // Each waits for the one at work however long it takes (a first
+            // apply took over 60 s in a VM under TCG).
+            .map(|_| s.spawn(|| w.try_cgacct(&["apply", "--lock-timeout", "900", w.layout_arg()], &[])))
             .collect();
         hs.into_iter().map(|h| h.join().expect("apply thread")).collect()
     });

@@ -254,7 +254,10 @@ impl PidsShifter {
         // Our subtree root passes it down to `parent`.
         fs::write(top.join("cgroup.subtree_control"), "+pids").ok()?;
         Some(PidsShifter {
-            control: w.cgroup_mount.join(w.cgroup(parent)).join("cgroup.subtree_control"),
+            control: w
+                .cgroup_mount
+                .join(w.cgroup(parent))
+                .join("cgroup.subtree_control"),
         })
     }
 

@@ -38,7 +38,8 @@ impl Watcher {
             .spawn()
             .expect("spawn cgacct-pin watch");
         self.child = Some(Reaped(child));
-        wait_until("the watcher to start", Duration::from_secs(30), || {
+        // Its start reconcile is a whole apply: over 30 s in a VM under TCG.
+        wait_until("the watcher to start", Duration::from_secs(180), || {
             self.assert_running();
             self.output().contains(" watching ")
         });
