@@ -263,7 +263,7 @@ impl PidsShifter {
 
     /// After the `i`th miss: on after even ones, off after odd ones.
     fn toggle(&self, i: u32) {
-        let change = if i % 2 == 0 { "+pids" } else { "-pids" };
+        let change = if i.is_multiple_of(2) { "+pids" } else { "-pids" };
         fs::write(&self.control, change).expect("pids in cgroup.subtree_control");
     }
 }
