@@ -202,7 +202,8 @@ fetch_kernel() {
 }
 
 # Modules the guest loads, with their dependencies (built-in ones skipped).
-GUEST_MODULES=(virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf)
+# nf_tables and nft_compat: the health selftests drop segments with iptables (nf_tables backend) in their own netns.
+GUEST_MODULES=(virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf nf_tables nft_compat)
 
 # Builds $CACHE/initramfs/<krel>-<mode>.cpio.gz; prints its path.
 build_initramfs() {

@@ -12,6 +12,16 @@ use cgacct_pin::observe::host;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Held by the tests that make many TCX attachments at once (cgacct-pin
+/// then sets the host-wide `/sys/kernel/rcu_expedited` for a moment), so
+/// that the test of that setting sees only its own runs change it.
+pub static HOST_RCU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`HOST_RCU`], taken (a test that panicked with it does not matter).
+pub fn host_rcu() -> std::sync::MutexGuard<'static, ()> {
+    HOST_RCU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cgacct-pin");
 
 /// Why the kernel tests cannot run here, if they cannot. Raises

@@ -45,6 +45,10 @@ struct Cli {
     /// Name prefix of every kernel object the run creates (default: cgb<pid>).
     #[arg(long)]
     prefix: Option<String>,
+    /// Interfaces and cgroups of section 3, attach at scale (repeatable:
+    /// each size is measured in turn); default 1000 (10 with --smoke).
+    #[arg(long, value_name = "N")]
+    attach_n: Vec<usize>,
     /// Remove everything a run with this prefix created, then exit.
     #[arg(long, value_name = "PREFIX")]
     cleanup: Option<String>,
@@ -120,22 +124,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         if want(Section::Attach) {
             eprintln!("== 3. attach at scale");
-            let o = if cli.smoke {
-                scale::Options {
-                    n: 10,
-                    rounds: 1,
-                    reapplies: 2,
-                    profile: true,
-                }
-            } else {
-                scale::Options {
-                    n: 1000,
-                    rounds: 3,
-                    reapplies: 5,
-                    profile: true,
-                }
+            let sizes = match (&cli.attach_n[..], cli.smoke) {
+                ([], true) => vec![10],
+                ([], false) => vec![1000],
+                (n, _) => n.to_vec(),
             };
-            scale::run_section(&mut report, &mut w, &o)?;
+            for n in sizes {
+                let o = if cli.smoke {
+                    scale::Options {
+                        n,
+                        rounds: 1,
+                        reapplies: 2,
+                        profile: true,
+                    }
+                } else {
+                    scale::Options {
+                        n,
+                        rounds: 3,
+                        reapplies: 5,
+                        profile: true,
+                    }
+                };
+                scale::run_section(&mut report, &mut w, &o)?;
+            }
         }
         if want(Section::Reads) {
             eprintln!("== 4. reads");

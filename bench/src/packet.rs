@@ -23,10 +23,11 @@ use std::{sync::Barrier, thread};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
     programs::{Program, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader,
 };
-use cgacct_common::{globals, programs as prog};
+use cgacct_common::{globals, maps, programs as prog, ClassConfig};
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
@@ -153,6 +154,26 @@ pub fn load_production() -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// [`load_production`] with destination classes on, as `apply` writes them
+/// for `[classes] cluster = ["10.0.0.0/8", "fd00::/8"]`: the test packets'
+/// peers (10.0.0.1, fd00::1 as source at ingress) fall in class 1.
+pub fn load_production_with_classes() -> Result<Ebpf> {
+    let mut ebpf = load_production()?;
+    let map = |e: &mut Ebpf, name: &str| {
+        e.take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from cgacct's object"))
+    };
+    let mut v4: LpmTrie<MapData, [u8; 4], u32> = map(&mut ebpf, maps::CLASS_PREFIXES_V4)?.try_into()?;
+    v4.insert(&Key::new(8, [10, 0, 0, 0]), 1, 0)?;
+    let mut v6: LpmTrie<MapData, [u8; 16], u32> = map(&mut ebpf, maps::CLASS_PREFIXES_V6)?.try_into()?;
+    let mut fd00 = [0u8; 16];
+    fd00[0] = 0xfd;
+    v6.insert(&Key::new(8, fd00), 1, 0)?;
+    let mut config: Array<MapData, ClassConfig> = map(&mut ebpf, maps::CLASS_CONFIG)?.try_into()?;
+    config.set(0, ClassConfig { indices: 2, pad: 0 }, 0)?;
+    Ok(ebpf)
+}
+
 fn load_bench() -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(BENCH_OBJECT)
@@ -246,8 +267,46 @@ pub struct Options {
     pub rounds: usize,
 }
 
+/// cgroup_skb with destination classes off (no `[classes]`: one array
+/// lookup more than before the feature) and on (an LPM trie lookup and a
+/// per-class counter), in alternating order.
+fn classes_figures(
+    report: &mut Report,
+    o: &Options,
+    pkt: &Packet,
+    off: &Program,
+    on: &Program,
+) -> Result<()> {
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        check_interrupted()?;
+        let (x, y) = if round % 2 == 0 {
+            let x = test_run(off, pkt, o.repeat)?;
+            (x, test_run(on, pkt, o.repeat)?)
+        } else {
+            let y = test_run(on, pkt, o.repeat)?;
+            (test_run(off, pkt, o.repeat)?, y)
+        };
+        a.push(x);
+        b.push(y);
+        d.push(y - x);
+    }
+    let s = |v: &[f64]| Summary::of(v).ok_or_else(|| anyhow!("no samples"));
+    let name = |what: &str| format!("cgroup_skb {}: {what}", pkt.name);
+    for (what, v) in [
+        ("cgacct, classes off", &a),
+        ("cgacct, classes on", &b),
+        ("classes on above off", &d),
+    ] {
+        report.figure(SECTION, name(what), s(v)?, Unit::Ns, "", Verdict::Info);
+    }
+    Ok(())
+}
+
 pub fn run(report: &mut Report, o: &Options) -> Result<()> {
     let prod = load_production()?;
+    let with_classes = load_production_with_classes()?;
+    let classes_on = get(&with_classes, prog::CGROUP_INGRESS)?;
     let bench = load_bench()?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -268,6 +327,7 @@ pub fn run(report: &mut Report, o: &Options) -> Result<()> {
         ),
     ];
     for pkt in packets() {
+        classes_figures(report, o, &pkt, types[0].1, classes_on)?;
         for (ty, ours, floor, naive) in &types {
             let mut above = Vec::new();
             let (mut f, mut c, mut n) = (Vec::new(), Vec::new(), Vec::new());

@@ -185,6 +185,7 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
             tc_cgroups: read::map_totals_by_key(&pins.map(maps::TC_CGROUP_STATS))?,
             interfaces: read::map_totals_by_key(&pins.map(maps::IFACE_STATS))?,
             veth: read::map_totals_by_key(&pins.map(maps::VETH_STATS))?,
+            classes: Default::default(),
         })
     };
     // Both ways must read the same numbers.

@@ -125,6 +125,49 @@ pub struct Dying {
     pub late: Totals,
 }
 
+/// Destination classes (`[classes]` of the layout): a packet's peer address
+/// picks a class by longest prefix match; per-cgroup counters per class.
+pub mod classes {
+    /// Class indices, `other` (index 0) included: at most 15 named classes.
+    pub const MAX: u32 = 16;
+    /// Index of the class of addresses no prefix matches.
+    pub const OTHER: u32 = 0;
+    /// Name of class [`OTHER`].
+    pub const OTHER_NAME: &str = "other";
+    /// Bytes of a class name in the name table (NUL-padded; names are at
+    /// most `NAME_LEN - 1` bytes).
+    pub const NAME_LEN: usize = 32;
+    /// Prefixes per address family (entries of each LPM trie).
+    pub const MAX_PREFIXES: u32 = 1024;
+}
+
+/// Key of the per-class counter maps: one cgroup's counts in one class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub cgroup_id: u64,
+    /// Class index ([`classes`]); 0 is `other`.
+    pub class: u32,
+    pub pad: u32,
+}
+
+/// A class's name in the name table, NUL-padded; all zero: index unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassName {
+    pub name: [u8; classes::NAME_LEN],
+}
+
+/// Whether classes count, read by the packet path on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// Class indices in use: the highest index in use plus one (every
+    /// index below it may hold a class); 0: classes are off.
+    pub indices: u32,
+    pub pad: u32,
+}
+
 /// Cgroup id under which TC counts traffic whose skb has no socket.
 pub const UNATTRIBUTED_CGROUP: u64 = 0;
 
@@ -200,8 +243,32 @@ pub mod maps {
     /// Per-CPU array: bucket ([`crate::overflow`]) -> [`crate::Counters`]
     /// that no full map could take.
     pub const OVERFLOW: &str = "OVERFLOW";
+    /// LPM trie: IPv4 prefix (prefix length `u32` + 4 address bytes) ->
+    /// class index (`u32`). Written by the loader.
+    pub const CLASS_PREFIXES_V4: &str = "CLASS_PREFIXES_V4";
+    /// LPM trie: IPv6 prefix (prefix length `u32` + 16 address bytes) ->
+    /// class index (`u32`). Written by the loader.
+    pub const CLASS_PREFIXES_V6: &str = "CLASS_PREFIXES_V6";
+    /// Array: class index -> [`crate::ClassName`] (the iterator prints
+    /// these names). Written by the loader.
+    pub const CLASS_NAMES: &str = "CLASS_NAMES";
+    /// Array of one [`crate::ClassConfig`]: 0 indices means classes are off.
+    pub const CLASS_CONFIG: &str = "CLASS_CONFIG";
+    /// Per-CPU hash: [`crate::ClassKey`] -> [`crate::Counters`] from the
+    /// cgroup_skb programs, per class of the peer address.
+    pub const CLASS_STATS: &str = "CLASS_STATS";
+    /// Hash: [`crate::ClassKey`] -> [`crate::Counters`] of removed
+    /// descendants, per class (as `DEPARTED`).
+    pub const CLASS_DEPARTED: &str = "CLASS_DEPARTED";
+    /// LRU hash: (iterator session id, class) -> [`crate::Counters`]: the
+    /// per-class sums of one read, the subtree's under `class`, the
+    /// cgroup's own under `classes::MAX + class`.
+    pub const CLASS_SCRATCH: &str = "CLASS_SCRATCH";
+    /// Per-CPU array of one [`crate::Counters`]: class counts that no full
+    /// `CLASS_STATS` or `CLASS_DEPARTED` could take.
+    pub const CLASS_OVERFLOW: &str = "CLASS_OVERFLOW";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 19] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -213,6 +280,14 @@ pub mod maps {
         REMOVED_SCRATCH,
         DYING,
         OVERFLOW,
+        CLASS_PREFIXES_V4,
+        CLASS_PREFIXES_V6,
+        CLASS_NAMES,
+        CLASS_CONFIG,
+        CLASS_STATS,
+        CLASS_DEPARTED,
+        CLASS_SCRATCH,
+        CLASS_OVERFLOW,
     ];
 }
 
@@ -270,4 +345,173 @@ mod user {
     unsafe impl aya::Pod for super::Removed {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Dying {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Health {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HealthAcc {}
+}
+
+/// TCP health and drops of one cgroup's sockets: what the kernel's
+/// per-network-namespace MIB counters of the same names count, restricted
+/// to the sockets of that cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Tcp ActiveOpens: `connect()`s that sent their SYN.
+    pub tcp_active_opens: u64,
+    /// Tcp PassiveOpens: children made by a listener from a completed
+    /// handshake.
+    pub tcp_passive_opens: u64,
+    /// Tcp RetransSegs: segments retransmitted (SYN-ACKs included).
+    pub tcp_retrans_segs: u64,
+    /// TcpExt TCPTimeouts: retransmission timeouts (SYN-ACK ones included).
+    pub tcp_timeouts: u64,
+    /// Tcp OutRsts: resets sent by or on behalf of a socket.
+    pub tcp_out_rsts: u64,
+    /// Packets to or from a socket that the kernel dropped with a reason.
+    pub drop_packets: u64,
+}
+
+impl Health {
+    #[inline(always)]
+    pub fn add(&mut self, o: &Health) {
+        self.tcp_active_opens = self.tcp_active_opens.wrapping_add(o.tcp_active_opens);
+        self.tcp_passive_opens = self.tcp_passive_opens.wrapping_add(o.tcp_passive_opens);
+        self.tcp_retrans_segs = self.tcp_retrans_segs.wrapping_add(o.tcp_retrans_segs);
+        self.tcp_timeouts = self.tcp_timeouts.wrapping_add(o.tcp_timeouts);
+        self.tcp_out_rsts = self.tcp_out_rsts.wrapping_add(o.tcp_out_rsts);
+        self.drop_packets = self.drop_packets.wrapping_add(o.drop_packets);
+    }
+
+    /// The counters in [`health::KEYS`] order.
+    #[inline(always)]
+    pub fn values(&self) -> [u64; health::KEYS.len()] {
+        [
+            self.tcp_active_opens,
+            self.tcp_passive_opens,
+            self.tcp_retrans_segs,
+            self.tcp_timeouts,
+            self.tcp_out_rsts,
+            self.drop_packets,
+        ]
+    }
+}
+
+/// One read of a stats file: the health counters of its cgroup and of its
+/// subtree (removed descendants included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthAcc {
+    pub own: Health,
+    pub subtree: Health,
+}
+
+/// The TCP health and drop counters: keys, maps, programs, globals.
+pub mod health {
+    /// The `net.stat` keys in [`crate::Health`] field order (subtree; the
+    /// cgroup alone is `self_<key>`). Bit `i` of [`globals::HEALTH_KEYS`]
+    /// says whether key `i` is counted on the running kernel.
+    pub const KEYS: [&str; 6] = [
+        "tcp_active_opens",
+        "tcp_passive_opens",
+        "tcp_retrans_segs",
+        "tcp_timeouts",
+        "tcp_out_rsts",
+        "drop_packets",
+    ];
+    pub const ACTIVE_OPENS: u32 = 0;
+    pub const PASSIVE_OPENS: u32 = 1;
+    pub const RETRANS_SEGS: u32 = 2;
+    pub const TIMEOUTS: u32 = 3;
+    pub const OUT_RSTS: u32 = 4;
+    pub const DROP_PACKETS: u32 = 5;
+
+    /// Slots of [`maps::DROP_REASONS`]: a reason below the last slot has
+    /// its own; the last takes the rest (subsystem reasons).
+    pub const DROP_REASON_SLOTS: u32 = 1024;
+
+    /// Slots of [`maps::HEALTH_STATE`] (`u32` each), written by the loader
+    /// after it loaded the health programs.
+    pub mod state {
+        /// Bit `i`: key `KEYS[i]` is counted on this kernel.
+        pub const KEYS: u32 = 0;
+        /// Bit `i`: health program `i` (the loader's list) could not load.
+        pub const FAILED: u32 = 1;
+    }
+
+    /// Map names.
+    pub mod maps {
+        /// Per-CPU hash: cgroup id (`u64`) -> [`crate::Health`].
+        pub const HEALTH_STATS: &str = "HEALTH_STATS";
+        /// Hash: cgroup id (`u64`) -> [`crate::Health`] of its removed
+        /// descendants (folded at removal; atomic adds).
+        pub const HEALTH_DEPARTED: &str = "HEALTH_DEPARTED";
+        /// LRU hash: iterator session (`u64`) -> [`crate::HealthAcc`].
+        pub const HEALTH_SCRATCH: &str = "HEALTH_SCRATCH";
+        /// Socket storage: a TCP socket's `total_retrans` when last taken.
+        pub const RETRANS_SEEN: &str = "RETRANS_SEEN";
+        /// Array of 2 `u32`: see [`super::state`].
+        pub const HEALTH_STATE: &str = "HEALTH_STATE";
+        /// Per-CPU array: drop reason (`u32`) -> packets (`u64`) counted in
+        /// some cgroup's `drop_packets`.
+        pub const DROP_REASONS: &str = "DROP_REASONS";
+        pub const ALL: [&str; 6] = [
+            HEALTH_STATS,
+            HEALTH_DEPARTED,
+            HEALTH_SCRATCH,
+            RETRANS_SEEN,
+            HEALTH_STATE,
+            DROP_REASONS,
+        ];
+        /// Maps whose content is rebuilt: replaced without asking.
+        pub const REBUILT: [&str; 3] = [HEALTH_SCRATCH, RETRANS_SEEN, HEALTH_STATE];
+    }
+
+    /// Program names.
+    pub mod programs {
+        /// BTF tracepoint `inet_sock_set_state`: Tcp ActiveOpens,
+        /// PassiveOpens; where RetransSegs starts and ends per socket.
+        pub const SOCK_STATE: &str = "cgacct_sock_state";
+        /// BTF tracepoint `tcp_retransmit_skb`: Tcp RetransSegs.
+        pub const RETRANSMIT: &str = "cgacct_tcp_rtx";
+        /// BTF tracepoint `tcp_retransmit_synack`: Tcp RetransSegs.
+        pub const RETRANSMIT_SYNACK: &str = "cgacct_tcp_rtx_synack";
+        /// fentry `tcp_retransmit_timer`: TcpExt TCPTimeouts.
+        pub const RTO: &str = "cgacct_tcp_rto";
+        /// fentry `tcp_syn_ack_timeout`: TcpExt TCPTimeouts.
+        pub const SYNACK_TIMEOUT: &str = "cgacct_tcp_synack_rto";
+        /// BTF tracepoint `tcp_send_reset`: Tcp OutRsts.
+        pub const SEND_RESET: &str = "cgacct_tcp_rst";
+        /// BTF tracepoint `kfree_skb`: drops with a reason.
+        pub const KFREE_SKB: &str = "cgacct_kfree_skb";
+    }
+
+    /// Read-only globals (all `u32`) the loader sets before load: struct
+    /// offsets from the running kernel's BTF.
+    pub mod globals {
+        pub const SOCK_CGRP_DATA_OFFSET: &str = "SOCK_CGRP_DATA_OFFSET";
+        pub const SOCK_CGROUP_DATA_CGROUP_OFFSET: &str = "SOCK_CGROUP_DATA_CGROUP_OFFSET";
+        pub const SOCK_STATE_OFFSET: &str = "SOCK_STATE_OFFSET";
+        pub const SOCK_FLAGS_OFFSET: &str = "SOCK_FLAGS_OFFSET";
+        pub const SOCK_PROTOCOL_OFFSET: &str = "SOCK_PROTOCOL_OFFSET";
+        pub const SOCK_RTX_QUEUE_OFFSET: &str = "SOCK_RTX_QUEUE_OFFSET";
+        pub const TCP_TOTAL_RETRANS_OFFSET: &str = "TCP_TOTAL_RETRANS_OFFSET";
+        pub const TCP_FASTOPEN_RSK_OFFSET: &str = "TCP_FASTOPEN_RSK_OFFSET";
+        pub const TCP_PACKETS_OUT_OFFSET: &str = "TCP_PACKETS_OUT_OFFSET";
+        pub const TCP_SND_WND_OFFSET: &str = "TCP_SND_WND_OFFSET";
+        pub const REQ_LISTENER_OFFSET: &str = "REQ_LISTENER_OFFSET";
+        pub const SKB_SK_OFFSET: &str = "SKB_SK_OFFSET";
+        pub const SKB_CB_OFFSET: &str = "SKB_CB_OFFSET";
+        pub const TCP_SKB_CB_GSO_SEGS_OFFSET: &str = "TCP_SKB_CB_GSO_SEGS_OFFSET";
+        /// 1 where the `tcp_retransmit_skb` tracepoint passes `err`.
+        pub const RETRANSMIT_HAS_ERR: &str = "RETRANSMIT_HAS_ERR";
+        /// `SKB_DROP_REASON_NOT_SPECIFIED`: reasons above it are counted.
+        pub const DROP_REASON_NOT_SPECIFIED: &str = "DROP_REASON_NOT_SPECIFIED";
+    }
 }

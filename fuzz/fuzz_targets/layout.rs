@@ -8,6 +8,9 @@ mod select;
 #[path = "../../loader/src/spec/layout.rs"]
 mod layout;
 
+#[path = "../../loader/src/spec/classes.rs"]
+mod classes;
+
 // The loader's raw calls that the layout makes (user and group look-ups),
 // at the paths the layout names them by (`crate::sys::os`).
 #[path = "../../loader/src/sys/error.rs"]
@@ -31,6 +34,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         for p in &l.tc_interfaces {
             let _ = p.matches("veth0");
+        }
+        if let Some(list) = &l.classes {
+            assert!(list.len() <= classes::MAX_NAMED);
+            assert!(list.iter().all(|c| c.name != "other" && !c.name.is_empty()));
+            let t = classes::ClassTable::wanted(Some(list), None);
+            assert!(t.indices <= cgacct_common::classes::MAX);
         }
     }
 });

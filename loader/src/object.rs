@@ -7,11 +7,16 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
-use cgacct_common::{globals, maps, overflow, programs as prog, Counters, Departed, Dying, IterAcc, Removed};
+use cgacct_common::{
+    classes, globals, maps, overflow, programs as prog, ClassConfig, ClassKey, ClassName, Counters, Departed,
+    Dying, IterAcc, Removed,
+};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
 
 use crate::spec::layout::MapSizes;
+
+pub mod health;
 
 /// What the running kernel offers, as far as the object's programs and maps
 /// are concerned: the iterator needs cgroup iterators and
@@ -124,8 +129,34 @@ impl std::fmt::Display for MapShape {
 /// The maps of the cgroup counters, per-CPU or shared by kernel.
 pub const COUNTER_MAPS: [&str; 3] = [maps::CGROUP_STATS, maps::TC_CGROUP_STATS, maps::VETH_STATS];
 
+/// Every map that is per-CPU where the kernel has `bpf_map_lookup_percpu_elem`
+/// and a plain hash shared by every CPU (atomic adds) where it has not: the
+/// cgroup counter maps, the class counts and the health counts, whose
+/// removal programs must read a cgroup's whole count.
+pub const SHARED_MAPS: [&str; 5] = [
+    maps::CGROUP_STATS,
+    maps::TC_CGROUP_STATS,
+    maps::VETH_STATS,
+    maps::CLASS_STATS,
+    cgacct_common::health::maps::HEALTH_STATS,
+];
+
+/// The type of the maps in [`SHARED_MAPS`] on kernel `k`.
+pub fn counter_kind(k: Kernel) -> MapType {
+    match k.shared_counters {
+        true => MapType::Hash,
+        false => MapType::PerCpuHash,
+    }
+}
+
+/// Entries of `CLASS_STATS` and `CLASS_DEPARTED`: four classes per cgroup
+/// of `[maps] cgroups` on average.
+pub fn class_entries(sizes: &MapSizes) -> u32 {
+    sizes.cgroups.saturating_mul(4).min(1 << 24)
+}
+
 /// The maps this build and layout need on kernel `k`, by name.
-pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 11] {
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 19] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -133,11 +164,9 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 11
         max_entries,
     };
     let c = size_of::<Counters>();
+    let ck = size_of::<ClassKey>() as u32;
     let m = sizes;
-    let counters = match k.shared_counters {
-        true => MapType::Hash,
-        false => MapType::PerCpuHash,
-    };
+    let counters = counter_kind(k);
     [
         (maps::CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
         (maps::TC_CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
@@ -168,7 +197,50 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 11
             maps::OVERFLOW,
             shape(MapType::PerCpuArray, 4, c, overflow::BUCKETS),
         ),
+        (
+            maps::CLASS_PREFIXES_V4,
+            shape(MapType::LpmTrie, 8, 4, classes::MAX_PREFIXES),
+        ),
+        (
+            maps::CLASS_PREFIXES_V6,
+            shape(MapType::LpmTrie, 20, 4, classes::MAX_PREFIXES),
+        ),
+        (
+            maps::CLASS_NAMES,
+            shape(MapType::Array, 4, size_of::<ClassName>(), classes::MAX),
+        ),
+        (
+            maps::CLASS_CONFIG,
+            shape(MapType::Array, 4, size_of::<ClassConfig>(), 1),
+        ),
+        (maps::CLASS_STATS, shape(counters, ck, c, class_entries(m))),
+        (
+            maps::CLASS_DEPARTED,
+            shape(MapType::Hash, ck, c, class_entries(m)),
+        ),
+        (
+            maps::CLASS_SCRATCH,
+            shape(
+                MapType::LruHash,
+                ck,
+                c,
+                m.readers.saturating_mul(2 * classes::MAX).min(1 << 24),
+            ),
+        ),
+        (maps::CLASS_OVERFLOW, shape(MapType::PerCpuArray, 4, c, 1)),
     ]
+}
+
+/// Every map this build and layout need: [`wanted_maps`] and the health maps.
+pub fn all_wanted_maps(sizes: &MapSizes, k: Kernel) -> Vec<(&'static str, MapShape)> {
+    let mut all = wanted_maps(sizes, k).to_vec();
+    all.extend(health::wanted_maps(sizes, k));
+    all
+}
+
+/// Every map name, in the order the loader pins them.
+pub fn all_maps() -> impl Iterator<Item = &'static str> {
+    maps::ALL.into_iter().chain(cgacct_common::health::maps::ALL)
 }
 
 /// The `[maps]` key that sizes a map, if one does.
@@ -179,16 +251,30 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | maps::VETH_STATS
         | maps::DEPARTED
         | maps::REMOVED
-        | maps::DYING => Some("[maps] cgroups"),
+        | maps::DYING
+        | maps::CLASS_STATS
+        | maps::CLASS_DEPARTED => Some("[maps] cgroups"),
+        cgacct_common::health::maps::HEALTH_STATS | cgacct_common::health::maps::HEALTH_DEPARTED => {
+            Some("[maps] cgroups")
+        }
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
-        maps::ITER_SCRATCH => Some("[maps] readers"),
+        maps::ITER_SCRATCH | maps::CLASS_SCRATCH | cgacct_common::health::maps::HEALTH_SCRATCH => {
+            Some("[maps] readers")
+        }
         _ => None,
     }
 }
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED_SCRATCH, maps::IFACE_OWNER];
+pub const REBUILT_MAPS: [&str; 6] = [
+    maps::ITER_SCRATCH,
+    maps::REMOVED_SCRATCH,
+    maps::IFACE_OWNER,
+    maps::CLASS_SCRATCH,
+    cgacct_common::health::maps::REBUILT[0],
+    cgacct_common::health::maps::REBUILT[1],
+];
 
 /// A BTF blob describing a cgroup counter map's key (`u64`, type 1) and
 /// value (`struct Counters`, type 2), for the shared counter maps the

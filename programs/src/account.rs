@@ -74,7 +74,7 @@ pub fn add_cgroup<const N: usize>(
 /// Adds one skb to the map value at `slot`: this CPU's own slot, or with
 /// atomic adds when the value is shared by every CPU.
 #[inline(always)]
-fn bump_in(slot: *mut Counters, shared: bool, dir: Direction, bytes: u64, packets: u64) {
+pub fn bump_in(slot: *mut Counters, shared: bool, dir: Direction, bytes: u64, packets: u64) {
     if shared {
         fold::add_counters(slot, &counters(dir, bytes, packets));
     } else {
@@ -118,14 +118,14 @@ pub fn overflow(bucket: u32, c: &Counters) {
 }
 
 #[inline(always)]
-fn counters(dir: Direction, bytes: u64, packets: u64) -> Counters {
+pub fn counters(dir: Direction, bytes: u64, packets: u64) -> Counters {
     let mut c = Counters::default();
     bump(&mut c, dir, bytes, packets);
     c
 }
 
 #[inline(always)]
-fn bump(c: &mut Counters, dir: Direction, bytes: u64, packets: u64) {
+pub fn bump(c: &mut Counters, dir: Direction, bytes: u64, packets: u64) {
     match dir {
         Direction::Rx => {
             c.rx_bytes += bytes;

@@ -18,6 +18,7 @@ use aya_ebpf::{
 use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
+    classes, health,
     kernel::{self, cgroup_id, sum_counters, sum_percpu},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
@@ -64,6 +65,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
+    health::visit(id, session, seq_num);
     let [own, own_tc, own_veth] = sum_counters(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
@@ -102,6 +104,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.subtree_veth.add(&own_veth);
         add_departed(acc, &gone);
     }
+    classes::visit(id, session, seq_num);
 }
 
 #[inline(always)]
@@ -157,6 +160,8 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
         b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
         &counters(&a.own_veth),
     );
+    classes::print(seq, session);
+    health::print(seq, session);
     if a.cgroup_id == ROOT_CGROUP {
         print_overflow(seq);
     }
@@ -206,7 +211,7 @@ fn counters(c: &Counters) -> [u64; 4] {
 }
 
 #[inline(always)]
-fn print<const F: usize, const N: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; N]) {
+pub fn print<const F: usize, const N: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; N]) {
     // SAFETY: `fmt` is NUL-terminated read-only data, `args` holds N u64s.
     unsafe {
         bpf_seq_printf(

@@ -8,6 +8,7 @@ use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, progra
 
 use crate::{
     account::{add_cgroup, Direction},
+    classes,
     fold::Family,
     maps::CGROUP_STATS,
     measure::measure,
@@ -35,4 +36,5 @@ fn count(ctx: &SkBuffContext, dir: Direction) {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (bytes, packets) = measure(skb, 0);
     add_cgroup(&CGROUP_STATS, cgroup_id, Family::Socket, dir, bytes, packets);
+    classes::count(skb, cgroup_id, dir, bytes, packets);
 }

@@ -7,6 +7,10 @@
 //!   cgroup and per interface.
 //! - [`cgroup_iter`]: prints one cgroup's counters, subtree included, as
 //!   flat `key value` text when its pinned link is read.
+//! - [`classes`]: the cgroup_skb hooks' counts by class of the peer
+//!   address (destination classes), when the layout has `[classes]`.
+//! - [`health`]: TCP health and drops per socket cgroup, beside the
+//!   kernel's own MIB counters.
 //! - [`removal`]: on `rmdir` of a cgroup, folds its totals into its parent
 //!   and keeps them as its last word; on its release, folds what came
 //!   after.
@@ -19,7 +23,9 @@
 mod account;
 mod cgroup_iter;
 mod cgroup_skb;
+mod classes;
 mod fold;
+mod health;
 mod kernel;
 mod maps;
 mod measure;

@@ -10,10 +10,12 @@
 //! memory) fails and is counted in `OVERFLOW`.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
-use cgacct_common::{overflow, Counters, Departed, Dying, IterAcc, Removed};
+use cgacct_common::{
+    classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IterAcc, Removed,
+};
 
 /// Flags of the per-CPU counter maps: entries allocated when first used.
 pub const ON_DEMAND: usize = BPF_F_NO_PREALLOC as usize;
@@ -67,3 +69,36 @@ pub static DYING: LruHashMap<u64, Dying, 16384> = LruHashMap::new();
 /// overflow bucket -> what no full map could take.
 #[btf_map]
 pub static OVERFLOW: PerCpuArray<Counters, { overflow::BUCKETS as usize }> = PerCpuArray::new();
+
+/// IPv4 prefix -> class index (set by the loader from `[classes]`).
+#[btf_map]
+pub static CLASS_PREFIXES_V4: LpmTrie<[u8; 4], u32, { classes::MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// IPv6 prefix -> class index (set by the loader from `[classes]`).
+#[btf_map]
+pub static CLASS_PREFIXES_V6: LpmTrie<[u8; 16], u32, { classes::MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// class index -> its name (set by the loader; all zero: unused).
+#[btf_map]
+pub static CLASS_NAMES: Array<ClassName, { classes::MAX as usize }> = Array::new();
+
+/// Whether classes count (set by the loader).
+#[btf_map]
+pub static CLASS_CONFIG: Array<ClassConfig, 1> = Array::new();
+
+/// (cgroup id, class) -> counters from the cgroup_skb hooks.
+#[btf_map]
+pub static CLASS_STATS: PerCpuHashMap<ClassKey, Counters, 65536, ON_DEMAND> = PerCpuHashMap::new();
+
+/// (cgroup id, class) -> class totals of its removed descendants.
+#[btf_map]
+pub static CLASS_DEPARTED: HashMap<ClassKey, Counters, 65536, ON_DEMAND> = HashMap::new();
+
+/// (iterator session id, class) -> per-class sums of one read of a stats
+/// file: subtree under `class`, own under `classes::MAX + class`.
+#[btf_map]
+pub static CLASS_SCRATCH: LruHashMap<ClassKey, Counters, 32768> = LruHashMap::new();
+
+/// Class counts no full map could take.
+#[btf_map]
+pub static CLASS_OVERFLOW: PerCpuArray<Counters, 1> = PerCpuArray::new();

@@ -37,7 +37,9 @@ use aya_ebpf::{
 use cgacct_common::{Dying, Totals};
 
 use crate::{
+    classes,
     fold::{add_totals, into_departed, live_ancestor},
+    health,
     kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_counters, CGROUP2_HIERARCHY_ID},
     maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
 };
@@ -105,6 +107,9 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
         rec.path[0] = 0;
     }
     let _ = REMOVED.insert(id, &*rec, BPF_ANY as u64);
+    health::removed(id, parent);
+
+    classes::fold(id, Some(parent));
 
     // Its counters live on in the record: free the map space.
     let _ = DEPARTED.remove(id);
@@ -153,6 +158,15 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
         left.add(&d.totals);
     }
     let dying = DYING.get_ptr_mut(id);
+    let health_parent = match dying {
+        // SAFETY: non-NULL lookup result.
+        Some(d) => Some(unsafe { (*d).parent_id }),
+        // SAFETY: probe reads.
+        None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
+    };
+    if let Some(parent) = health_parent {
+        health::released(id, parent);
+    }
     if cgroups != 0 || left != Totals::default() {
         let parent = match dying {
             // SAFETY: non-NULL lookup result.
@@ -166,6 +180,13 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
             add_totals(unsafe { &raw mut (*d).late }, &left);
         }
     }
+    let to = match dying {
+        // SAFETY: non-NULL lookup result.
+        Some(d) => Some(unsafe { (*d).parent_id }),
+        // SAFETY: probe reads.
+        None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
+    };
+    classes::fold(id, to.and_then(live_ancestor));
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);

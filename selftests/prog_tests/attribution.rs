@@ -80,7 +80,7 @@ fn discovered_owner_counts_inbound_traffic_once() {
     let addr = w.ipv4_peer();
     let receiver = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-         s.bind(('{addr}',{port}))\ns.settimeout(30)\nprint('ready',flush=True)\nn=0\n\
+         s.bind(('{addr}',{port}))\ns.settimeout(300)\nprint('ready',flush=True)\nn=0\n\
          while n<{N}:\n    s.recv(65536); n+=1\nprint(n)\n"
     );
     let procs = w.cgroup_mount.join(w.cgroup("ctr.scope")).join("cgroup.procs");

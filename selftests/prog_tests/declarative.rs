@@ -38,7 +38,17 @@ fn plan_changes_nothing_and_apply_does_exactly_the_plan() {
     assert_eq!(k.iter().filter(|a| *a == "pin_stats").count(), stats, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "attach_rmdir").count(), 1, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "attach_release").count(), 1, "{k:?}");
-    assert_eq!(k.len(), 7 + stats, "{k:?}");
+    // One tracing link per health program this kernel has a hook for.
+    let health = cgacct_pin::observe::health::probe()
+        .expect("kernel BTF")
+        .programs
+        .len();
+    assert_eq!(
+        k.iter().filter(|a| *a == "attach_health").count(),
+        health,
+        "{k:?}"
+    );
+    assert_eq!(k.len(), 7 + stats + health, "{k:?}");
     let out = w.try_cgacct(&["plan", "--detailed-exitcode", w.layout_arg()], &[]);
     assert_eq!(code(&out), 4, "plan with changes pending");
     let dry = w.try_cgacct(&["apply", "--dry-run", w.layout_arg()], &[]);
@@ -225,7 +235,17 @@ fn a_new_build_takes_over_in_place_without_losing_a_packet() {
     // cgroup_release's are replaced.
     assert_eq!(k.iter().filter(|a| *a == "attach_rmdir").count(), 1, "{k:?}");
     assert_eq!(k.iter().filter(|a| *a == "attach_release").count(), 1, "{k:?}");
-    assert_eq!(k.len(), 7 + stats, "{k:?}");
+    // The health programs' links too: those the kernel took at the first load.
+    let health = cgacct_pin::object::health::PROGRAMS
+        .iter()
+        .filter(|p| w.root.join("progs").join(p.name).exists())
+        .count();
+    assert_eq!(
+        k.iter().filter(|a| *a == "attach_health").count(),
+        health,
+        "{k:?}"
+    );
+    assert_eq!(k.len(), 7 + stats + health, "{k:?}");
     // 400 datagrams, 1 ms apart, sent while the upgrade runs.
     std::thread::scope(|s| {
         let sender = s.spawn(|| w.send_udp("a.scope", false, 400, 64));
@@ -325,7 +345,14 @@ fn concurrent_applies_are_serialized() {
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains("another cgacct-pin"), "{err}");
     let stats = if crate::world::stats_files() { 3 } else { 0 };
-    assert!(w.plan().len() == 7 + stats, "the refused apply changed something");
+    let health = cgacct_pin::observe::health::probe()
+        .expect("kernel BTF")
+        .programs
+        .len();
+    assert!(
+        w.plan().len() == 7 + stats + health,
+        "the refused apply changed something"
+    );
     drop(dir);
     // Four applies at once: all succeed, the kernel holds the layout once.
     let outs: Vec<_> = std::thread::scope(|s| {

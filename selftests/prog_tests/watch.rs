@@ -178,6 +178,7 @@ fn tc_programs(iface: &str) -> usize {
 #[test]
 fn watch_attaches_and_cleans_up_veth_churn() {
     require_kernel!();
+    let _rcu = crate::world::host_rcu();
     let w = World::new(&[]);
     w.write_layout_tc(&format!("{}v*", w.prefix));
     let _watcher = Watcher::start(&w, &[]);

@@ -1,18 +1,29 @@
 //! Loading the object against the pinned maps and pinning its programs.
-use std::{collections::BTreeSet, ffi::CString, fs, os::fd::AsFd as _, path::Path};
+use std::{collections::BTreeSet, ffi::CString, fs, io::Write as _, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{Btf, Ebpf, EbpfLoader};
 use cgacct_common::globals;
 
 use super::replace;
-use crate::{bpffs::Pins, object, observe::kernel, spec::Layout, sys};
+use crate::{
+    bpffs::Pins,
+    object,
+    observe::{health::HealthKernel, kernel},
+    spec::Layout,
+    sys,
+};
 
 /// Loads the object: pinned maps are reused, but those being replaced,
 /// which are created new. Programs are pinned in place of the pinned ones,
 /// the iterator last (see [`object::PROGRAMS`]); on a kernel without
 /// cgroup iterators the iterator is not loaded.
-pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) -> Result<Ebpf> {
+pub fn load_programs(
+    layout: &Layout,
+    pins: &Pins,
+    replaced: &BTreeSet<String>,
+    health: &HealthKernel,
+) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
     let k = kernel::features().object();
@@ -37,25 +48,16 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
         )
         .override_global(globals::SHARED_COUNTERS, &shared, true)
         .override_global(globals::BUILD_ID, &build, true);
-    for (name, shape) in object::wanted_maps(&layout.maps, k) {
-        loader.map_max_entries(name, shape.max_entries);
-        let pin = pins.map(name);
-        if k.shared_counters && object::COUNTER_MAPS.contains(&name) {
-            // The object declares per-CPU hashes; aya takes a pinned map as
-            // it is, so the shared one is made and pinned first.
-            let at = match replaced.contains(name) {
-                true => replace::next_pin(name, &pin),
-                false => pin,
-            };
-            shared_map(name, &at, shape, replaced.contains(name))?;
-            loader.map_pin_path(name, at);
-        } else if !replaced.contains(name) {
-            loader.map_pin_path(name, pin);
-        }
-    }
+    pin_maps(&mut loader, layout, pins, replaced, k)?;
+    super::health::configure(&mut loader, health);
     sys::fault::step();
     let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    // Before the iterator, which is pinned last.
+    for line in super::health::load(&mut ebpf, health, pins, &btf)? {
+        // As `cli::say`: a closed output must not stop an apply half-way.
+        let _ = writeln!(std::io::stdout().lock(), "note: {line}");
+    }
     for &name in object::programs(k) {
         let program = ebpf
             .program_mut(name)
@@ -86,6 +88,33 @@ pub fn load_programs(layout: &Layout, pins: &Pins, replaced: &BTreeSet<String>) 
     Ok(ebpf)
 }
 
+/// Sizes every map and pins those kept at their pins. On a kernel with
+/// shared counter maps ([`object::SHARED_MAPS`]) those are made here first:
+/// the object declares per-CPU hashes, and aya takes a pinned map as it is.
+fn pin_maps(
+    loader: &mut EbpfLoader<'_>,
+    layout: &Layout,
+    pins: &Pins,
+    replaced: &BTreeSet<String>,
+    k: object::Kernel,
+) -> Result<()> {
+    for (name, shape) in object::all_wanted_maps(&layout.maps, k) {
+        loader.map_max_entries(name, shape.max_entries);
+        let pin = pins.map(name);
+        if k.shared_counters && object::SHARED_MAPS.contains(&name) {
+            let at = match replaced.contains(name) {
+                true => replace::next_pin(name, &pin),
+                false => pin,
+            };
+            shared_map(name, &at, shape, replaced.contains(name))?;
+            loader.map_pin_path(name, at);
+        } else if !replaced.contains(name) {
+            loader.map_pin_path(name, pin);
+        }
+    }
+    Ok(())
+}
+
 /// Makes the shared counter map `name` (a plain hash of `shape`) pinned at
 /// `at`, unless one is pinned there already; `fresh`: a map left there by
 /// an earlier run is replaced (a map being replaced starts empty).
@@ -98,8 +127,13 @@ fn shared_map(name: &str, at: &Path, shape: object::MapShape, fresh: bool) -> Re
     }
     sys::fault::step();
     // Without BTF the map would work the same, but bpftool would print it
-    // in hex; a kernel refusing this small BTF gets the map without it.
-    let btf = sys::bpf::btf_load(&object::counter_btf()).ok();
+    // in hex; a kernel refusing this small BTF gets the map without it. The
+    // blob describes a `u64` key and `Counters` (the cgroup counter maps).
+    let counters = shape.key_size == 8 && shape.value_size as usize == size_of::<cgacct_common::Counters>();
+    let btf = match counters {
+        true => sys::bpf::btf_load(&object::counter_btf()).ok(),
+        false => None,
+    };
     let fd = sys::bpf::hash_map_create(&sys::bpf::MapSpec {
         name,
         key_size: shape.key_size,

@@ -12,7 +12,7 @@ use aya::{
     },
     Ebpf,
 };
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::programs as prog;
 
 use crate::{
     bpffs::{
@@ -31,8 +31,11 @@ use crate::{
     tc,
 };
 
+pub mod classes;
 pub mod destroy;
 pub mod detach;
+pub mod expedite;
+pub mod health;
 pub mod load;
 pub mod owners;
 pub mod prune;
@@ -49,12 +52,14 @@ pub struct Partial {
     pub source: anyhow::Error,
 }
 
-/// Runs `actions` in order, calling `report` after each one succeeds.
+/// Runs `actions` in order, calling `report` after each one succeeds and
+/// `note` with a line about how they run (expedited grace periods).
 pub fn execute(
     layout: &Layout,
     o: &Observed,
     actions: &[Action],
     mut report: impl FnMut(&Action),
+    mut note: impl FnMut(&str),
 ) -> Result<(), Partial> {
     let total = actions.len();
     let partial = |done, source| Partial { done, total, source };
@@ -82,13 +87,52 @@ pub fn execute(
             .and_then(|()| access::settle(&layout.access, pins, &dir))
             .map_err(|e| partial(0, anyhow!("creating {}: {e}", dir.display())))?;
     }
+    // Opened at the first TCX attachment, closed (dropped) on every return.
+    let mut window: Option<Option<expedite::Window>> = None;
     for (done, action) in actions.iter().enumerate() {
+        if window.is_none() && matches!(action, Action::AttachTc { .. }) {
+            window = Some(expedite_window(layout, o, &actions[done..], &mut note));
+        }
+        if let Some(sig) = expedite::Window::interrupted() {
+            return Err(partial(done, anyhow!("stopped by signal {sig}")));
+        }
         run(layout, o, &mut s, action)
             .with_context(|| format!("failed to {action}"))
             .map_err(|e| partial(done, e))?;
         report(action);
     }
     Ok(())
+}
+
+/// Expedited grace periods for a bulk TCX attach ([`expedite`]), unless
+/// the layout turns them off; a failure to set them up only slows the
+/// attach down.
+fn expedite_window(
+    layout: &Layout,
+    o: &Observed,
+    actions: &[Action],
+    note: &mut impl FnMut(&str),
+) -> Option<expedite::Window> {
+    let n = actions
+        .iter()
+        .filter(|a| matches!(a, Action::AttachTc { .. }))
+        .count();
+    if n < expedite::BULK || !layout.tc_expedite_rcu || !o.tc().is_ok_and(|t| t.mode == tc::Mode::Tcx) {
+        return None;
+    }
+    match expedite::Window::open(n, "attachments") {
+        Ok(Some((w, line))) => {
+            note(&line);
+            Some(w)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            note(&format!(
+                "warning: not expediting RCU grace periods: {e:#} (the TCX attachments take longer)"
+            ));
+            None
+        }
+    }
 }
 
 /// State carried from one action to the next within one `execute`.
@@ -108,11 +152,15 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
     let pins = &o.pins;
     match action {
         Action::LoadPrograms { .. } => {
-            s.loaded = Some(load::load_programs(layout, pins, &s.replaced)?);
-            for p in object::programs(o.kernel.object()) {
+            s.loaded = Some(load::load_programs(layout, pins, &s.replaced, &o.held.health)?);
+            for p in object::programs(o.kernel.object())
+                .iter()
+                .copied()
+                .chain(o.held.health.programs.iter().copied())
+            {
                 access::settle(&layout.access, pins, &pins.prog(p))?;
             }
-            for m in maps::ALL {
+            for m in object::all_maps() {
                 access::settle(&layout.access, pins, &pins.map(m))?;
             }
             Ok(())
@@ -156,6 +204,17 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
         Action::AttachRelease { pin, replace } => {
             attach_tracing(layout, pins, prog::CGROUP_RELEASE, pin, replace.is_some())
         }
+        Action::AttachHealth {
+            program,
+            pin,
+            replace,
+        } => {
+            remove_old(pins, pin, replace.is_some())?;
+            match health::attach(pins, program)? {
+                Some(link) => pin_link(layout, pins, pin, link),
+                None => Ok(()),
+            }
+        }
         Action::Unpin { pin, .. } => {
             sys::fault::step();
             tc::attach::release(pins, pin)?;
@@ -164,6 +223,7 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
             Ok(())
         }
         Action::Detach(stray) => detach::detach(o, stray),
+        Action::SetClasses { from, to } => classes::set(pins, from, to),
         Action::SetAccess { path, .. } => {
             sys::fault::step();
             Ok(access::settle(&layout.access, pins, path)?)
@@ -196,6 +256,7 @@ fn attach_tc(
     }
     let p = s.tc[i].as_mut().ok_or_else(|| anyhow!("tc program not open"))?;
     sys::fault::step();
+    sys::fault::fail_tc()?;
     tc::attach::attach(pins, o.tc()?.mode, p, interface, direction, pin)?;
     Ok(access::settle(&layout.access, pins, pin)?)
 }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
-use cgacct_common::{maps, Counters, Departed, Removed};
+use cgacct_common::{maps, ClassKey, Counters, Departed, Removed};
 
 use crate::sys;
 
@@ -29,14 +29,21 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
         match name {
             maps::IFACE_STATS => add_counters::<u32>(pin, new)?,
             maps::CGROUP_STATS | maps::TC_CGROUP_STATS | maps::VETH_STATS => add_counters::<u64>(pin, new)?,
+            maps::CLASS_STATS => add_counters::<ClassKey>(pin, new)?,
             maps::DEPARTED => add_departed(pin, new)?,
+            maps::CLASS_DEPARTED => add_class_departed(pin, new)?,
             maps::REMOVED => copy_removed(pin, new)?,
             _ => {}
         }
     }
     sys::fault::step();
     let data: &MapData = match new {
-        Map::PerCpuHashMap(d) | Map::LruHashMap(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
+        Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d)
+        | Map::HashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::Array(d)
+        | Map::LpmTrie(d) => d,
         _ => bail!("map {name} has an unexpected type"),
     };
     data.pin(&next)
@@ -59,6 +66,22 @@ fn add_departed(old: &Path, new: &mut Map) -> Result<()> {
         }
         sys::fault::step();
         new.insert(key, d, 0)?;
+    }
+    Ok(())
+}
+
+/// Adds the per-class totals of removed cgroups pinned at `old` into `new`.
+fn add_class_departed(old: &Path, new: &mut Map) -> Result<()> {
+    let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let old: HashMap<MapData, ClassKey, Counters> = Map::HashMap(old).try_into()?;
+    let mut new: HashMap<&mut MapData, ClassKey, Counters> = new.try_into()?;
+    for entry in old.iter() {
+        let (key, mut c) = entry?;
+        if let Ok(cur) = new.get(&key, 0) {
+            c.add(&cur);
+        }
+        sys::fault::step();
+        new.insert(key, c, 0)?;
     }
     Ok(())
 }

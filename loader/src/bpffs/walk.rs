@@ -2,7 +2,7 @@
 //! directory's entries sorted by name, parents before children), from which
 //! the stats files, the link pins and the access state are all taken.
 use std::{
-    io,
+    fs, io,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
@@ -22,6 +22,58 @@ pub struct Entry {
     pub mode: u32,
 }
 
+fn entry(path: PathBuf, meta: &fs::Metadata) -> Entry {
+    Entry {
+        is_dir: meta.is_dir(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.permissions().mode() & 0o7777,
+        path,
+    }
+}
+
+/// Walks below `dir` depth first, each directory's entries sorted by name
+/// (parents before children), calling `visit` with the path and `lstat`
+/// of every entry whose file type (from the directory listing, no stat)
+/// `wanted` accepts, and descending into the directories among them. Each
+/// `lstat` is relative to its directory, not a walk of the whole path.
+/// Entries removed meanwhile are skipped.
+pub fn walk_sorted(
+    dir: &Path,
+    wanted: &mut impl FnMut(&fs::FileType) -> bool,
+    visit: &mut impl FnMut(PathBuf, &fs::Metadata),
+) -> io::Result<()> {
+    let list = match fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for e in list {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(kind) = e.file_type() else { continue };
+        if !wanted(&kind) {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else { continue };
+        found.push((e.file_name(), meta));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, meta) in found {
+        let path = dir.join(name);
+        let is_dir = meta.is_dir();
+        visit(path.clone(), &meta);
+        if is_dir {
+            walk_sorted(&path, wanted, visit)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every entry under a root, the root first.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {
@@ -33,24 +85,17 @@ impl Tree {
     /// Entries removed while walking are skipped.
     pub fn read(pins: &Pins) -> Result<Tree> {
         let mut entries = Vec::new();
-        if !pins.root.is_dir() {
+        let Ok(meta) = fs::symlink_metadata(&pins.root) else {
+            return Ok(Tree { entries });
+        };
+        if !meta.is_dir() {
             return Ok(Tree { entries });
         }
-        for entry in walkdir::WalkDir::new(&pins.root).sort_by_file_name() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound) => continue,
-                Err(e) => return Err(e).with_context(|| format!("walking {}", pins.root.display())),
-            };
-            let Ok(meta) = entry.metadata() else { continue };
-            entries.push(Entry {
-                is_dir: meta.is_dir(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mode: meta.permissions().mode() & 0o7777,
-                path: entry.into_path(),
-            });
-        }
+        entries.push(entry(pins.root.clone(), &meta));
+        walk_sorted(&pins.root, &mut |_| true, &mut |path, meta| {
+            entries.push(entry(path, meta));
+        })
+        .with_context(|| format!("walking {}", pins.root.display()))?;
         Ok(Tree { entries })
     }
 

@@ -47,6 +47,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
         return Ok(done(&actions));
     }
     root::check_on_bpffs(&layout.root)?;
+    super::restore_rcu();
     let created = root::create(&layout.root)?;
     let planned = RootLock::take(&layout.root, Duration::from_secs(a.lock_timeout))
         .map_err(Failure::from)
@@ -72,10 +73,14 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     if !o.pins.dots {
         say("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
     }
+    let health = &o.held.health;
+    for line in health.absent(|p| health.wanted(p)) {
+        say(format_args!("note: {line}"));
+    }
     if actions.iter().any(|a| matches!(a, Action::AttachTc { .. })) && o.tc()?.mode == Mode::Clsact {
         say(format_args!("note: {}", o.tc()?.describe()));
     }
-    apply::execute(&layout, &o, &actions, |a| say(a)).map_err(Failure::Partial)?;
+    apply::execute(&layout, &o, &actions, |a| say(a), |l| say(l)).map_err(Failure::Partial)?;
     let owners = owners::converge(&layout, &o, say).map_err(|e| {
         Failure::Partial(Partial {
             done: actions.len(),

@@ -25,6 +25,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     let root = a.at.resolve()?;
     host::check_privileges()?;
     root::check_on_bpffs(&root)?;
+    super::restore_rcu();
     if !root.is_dir() {
         say(format_args!(
             "{} does not exist: nothing to destroy",
@@ -33,10 +34,30 @@ pub fn run(a: Args) -> Result<Done, Failure> {
         return Ok(Done::Unchanged);
     }
     let _lock = RootLock::take(&root, Duration::from_secs(a.lock_timeout))?;
+    let expedite_rcu = a.at.layout()?.tc_expedite_rcu;
     let mut l = Layout::parse("").map_err(invalid)?;
     l.root = root.clone();
     let o = Observed::discover(&l)?;
+    let hooks = apply::destroy::tcx_hooks(&o);
+    let window = if expedite_rcu && hooks.len() >= apply::expedite::BULK {
+        match apply::expedite::Window::open(hooks.len(), "detachments") {
+            Ok(w) => w.map(|(w, line)| {
+                say(line);
+                w
+            }),
+            Err(e) => {
+                eprintln!("cgacct-pin: warning: not expediting RCU grace periods: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (removed, left) = apply::destroy(&o)?;
+    if window.is_some() {
+        apply::destroy::wait_detached(&o, hooks, Duration::from_secs(60));
+    }
+    drop(window);
     // The names remembered for the root's records of removed cgroups.
     if let Err(e) = memory::forget(&root) {
         eprintln!(

@@ -207,6 +207,16 @@ pub fn no_stats_files_note(k: &crate::observe::kernel::Features) -> Option<Strin
     ))
 }
 
+/// Restores `/sys/kernel/rcu_expedited` where a killed run left it on
+/// (`apply::expedite`): every command that changes state starts with it.
+pub fn restore_rcu() {
+    match crate::apply::expedite::recover() {
+        Ok(Some(line)) => say(line),
+        Ok(None) => {}
+        Err(e) => eprintln!("cgacct-pin: warning: {e:#}"),
+    }
+}
+
 /// Which root a reading command works on: `--root`, else the layout's,
 /// else the default.
 #[derive(clap::Args)]

@@ -36,6 +36,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
         reconcile_every: Duration::from_secs(a.reconcile_every),
         keep_removed: Duration::from_secs(a.keep_removed),
     };
+    super::restore_rcu();
     if let Some(note) = super::no_stats_files_note(&crate::observe::kernel::features()) {
         super::say(note);
     }

@@ -146,7 +146,7 @@ impl Watcher {
             return;
         }
         let report = |a: &Action| log(&a.to_string());
-        if apply::execute(&self.layout, &self.obs, actions, report).is_ok() {
+        if apply::execute(&self.layout, &self.obs, actions, report, log).is_ok() {
             return;
         }
         for a in actions {
@@ -164,7 +164,7 @@ impl Watcher {
             return;
         }
         let report = |a: &Action| log(&a.to_string());
-        if let Err(e) = apply::execute(&self.layout, &self.obs, std::slice::from_ref(a), report) {
+        if let Err(e) = apply::execute(&self.layout, &self.obs, std::slice::from_ref(a), report, log) {
             log(&format!("warning: {e:#} (the next reconcile retries)"));
         }
     }

@@ -12,7 +12,6 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{maps::MapInfo, programs::ProgramInfo};
-use cgacct_common::maps;
 
 use super::host::{Cgroup, Interface};
 use crate::{
@@ -62,6 +61,10 @@ pub struct Held {
     /// when the pin cannot be opened as a link.
     pub links: BTreeMap<PathBuf, Option<LinkState>>,
     pub strays: Vec<Stray>,
+    /// The class tables (None: the root has no class maps).
+    pub classes: Option<crate::spec::classes::ClassTable>,
+    /// What the running kernel offers the health programs.
+    pub health: super::health::HealthKernel,
 }
 
 /// Reads a pinned link; `None` if the pin is not a link we can read.
@@ -96,7 +99,8 @@ pub fn read(
     k: object::Kernel,
 ) -> Result<Held> {
     let mut held = Held::default();
-    for name in PROGRAMS {
+    let health_programs = object::health::PROGRAMS.iter().map(|p| p.name);
+    for name in PROGRAMS.into_iter().chain(health_programs) {
         let pin = pins.prog(name);
         if !pin.exists() {
             continue;
@@ -104,7 +108,7 @@ pub fn read(
         let info = ProgramInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
         held.programs.insert(name, HeldProgram { id: info.id() });
     }
-    for name in maps::ALL {
+    for name in object::all_maps() {
         let pin = pins.map(name);
         if !pin.exists() {
             continue;
@@ -128,16 +132,28 @@ pub fn read(
             held.build = running_build(&pins.prog(last))?;
         }
     }
+    // The walk just saw these: no stat of each again. One removed since
+    // reads as no link, and is dropped if it is gone.
     let mut link_pins = tree.two_level(&pins.tc_links());
     link_pins.extend(tree.two_level(&pins.cgroup_links()));
     link_pins.extend(tree.stats_files(pins));
-    link_pins.push(pins.rmdir_link());
-    link_pins.push(pins.release_link());
-    for pin in link_pins.into_iter().filter(|p| p.exists()) {
-        let state = read_pin(pins, &pin, interfaces)?;
+    link_pins.extend(
+        [pins.rmdir_link(), pins.release_link()]
+            .into_iter()
+            .chain(object::health::PROGRAMS.iter().map(|p| pins.tracing_link(p.name)))
+            .filter(|p| p.exists()),
+    );
+    let states = super::par_map(&link_pins, |pin| read_pin(pins, pin, interfaces))?;
+    for (pin, state) in link_pins.into_iter().zip(states) {
+        if state.is_none() && !pin.exists() {
+            continue;
+        }
         held.links.insert(pin, state);
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;
+    held.classes = super::classes::read(pins).context("reading the class tables")?;
+    held.health = super::health::probe()?;
+    held.health.failed = super::health::failed_programs(&pins.map(cgacct_common::health::maps::HEALTH_STATE));
     Ok(held)
 }
 
@@ -155,11 +171,11 @@ fn strays(
         .chain(held.links.values().flatten().map(|l| l.prog_id))
         .collect();
     let our_links: BTreeSet<u32> = held.links.values().flatten().map(|l| l.id).collect();
-    let mut out = Vec::new();
     if ours.is_empty() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    for iface in interfaces {
+    let mut out: Vec<Stray> = super::par_map(interfaces, |iface| {
+        let mut out = Vec::new();
         for (direction, attach_type) in [
             (Direction::Ingress, sys::bpf::TCX_INGRESS),
             (Direction::Egress, sys::bpf::TCX_EGRESS),
@@ -182,7 +198,11 @@ fn strays(
                 }
             }
         }
-    }
+        Ok(out)
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
     // Cgroup queries report programs, not links: count ours against the
     // links we hold on that cgroup and hook.
     let mut held_at: BTreeMap<(u64, u32), usize> = BTreeMap::new();
@@ -195,9 +215,10 @@ fn strays(
             *held_at.entry((cgroup_id, attach_type)).or_default() += 1;
         }
     }
-    for cg in cgroups {
+    let at_cgroups = super::par_map(cgroups, |cg| {
+        let mut out = Vec::new();
         let Ok(dir) = fs::File::open(cg.fs_path(cgroup_mount)) else {
-            continue; // removed meanwhile
+            return Ok(out); // removed meanwhile
         };
         for (direction, attach_type) in [
             (Direction::Ingress, sys::bpf::CGROUP_INGRESS),
@@ -217,7 +238,9 @@ fn strays(
                 });
             }
         }
-    }
+        Ok(out)
+    })?;
+    out.extend(at_cgroups.into_iter().flatten());
     Ok(out)
 }
 

@@ -105,23 +105,21 @@ impl Cgroup {
 
 /// Every cgroup below `mount`, root first, parents before children.
 pub fn cgroups(mount: &Path) -> Result<Vec<Cgroup>> {
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(mount).sort_by_file_name() {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(e).context(format!("walking the cgroup tree at {}", mount.display())),
-        };
-        if !entry.file_type().is_dir() {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(mount).unwrap_or(entry.path());
-        let Ok(meta) = entry.metadata() else { continue };
+    let root = fs::metadata(mount).with_context(|| format!("reading {}", mount.display()))?;
+    let mut out = vec![Cgroup {
+        path: String::new(),
+        id: root.ino(),
+    }];
+    // Only directories are cgroups: the control files in each are skipped
+    // by their type in the listing, never stat'ed or sorted.
+    crate::bpffs::walk::walk_sorted(mount, &mut |t| t.is_dir(), &mut |path, meta| {
+        let rel = path.strip_prefix(mount).unwrap_or(&path);
         out.push(Cgroup {
             path: rel.to_string_lossy().into_owned(),
             id: meta.ino(),
         });
-    }
+    })
+    .with_context(|| format!("walking the cgroup tree at {}", mount.display()))?;
     Ok(out)
 }
 

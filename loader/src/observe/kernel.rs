@@ -76,7 +76,7 @@ impl Features {
 pub fn features() -> Features {
     static F: OnceLock<Features> = OnceLock::new();
     *F.get_or_init(|| {
-        let probed = match read_btf() {
+        let probed = match open_btf() {
             Ok(btf) => Features {
                 cgroup_iter: has_type(&btf, "bpf_iter_cgroup"),
                 percpu_lookup: has_enum_value(&btf, "bpf_func_id", "BPF_FUNC_map_lookup_percpu_elem"),
@@ -121,7 +121,8 @@ fn has_enum_value(btf: &Btf, enum_name: &str, member: &str) -> bool {
     })
 }
 
-fn read_btf() -> Result<Btf> {
+/// The running kernel's BTF.
+pub fn open_btf() -> Result<Btf> {
     // Mapped and parsed lazily: the default (parse every type up front,
     // seeking in the file for each) took most of apply's time. Kernels that
     // cannot map the sysfs file (6.1 answers ENODEV) get it read whole and
@@ -154,7 +155,7 @@ pub struct Offsets {
 }
 
 pub fn offsets() -> Result<Offsets> {
-    let btf = read_btf()?;
+    let btf = open_btf()?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
         kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
@@ -166,7 +167,7 @@ pub fn offsets() -> Result<Offsets> {
 }
 
 /// Byte offset of `strukt.member`, looking into anonymous structs and unions.
-fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
+pub fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
     for ty in btf.resolve_types_by_name(strukt)? {
         if let Type::Struct(s) = ty {
             if let Some(bits) = find_member(btf, &s, member)? {

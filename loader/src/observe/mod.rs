@@ -6,7 +6,7 @@
 //! names in a cache file of its own, [`runtime::memory`]).
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 
 use crate::{
     bpffs::{self, walk::Tree, Pins},
@@ -14,6 +14,8 @@ use crate::{
     tc,
 };
 
+pub mod classes;
+pub mod health;
 pub mod held;
 pub mod host;
 pub mod identity;
@@ -23,6 +25,32 @@ pub mod runtime;
 
 pub use held::Held;
 pub use host::{Cgroup, Interface};
+
+/// Items below which [`par_map`] stays on the calling thread.
+const PAR_MIN: usize = 256;
+
+/// `f` over `items`, in order: on up to 4 threads (as many as this process
+/// may run at once) each taking a contiguous share, when there are many
+/// items, else on the calling thread. Reading what thousands of pins and
+/// hooks hold is one bpf(2) call after another, each independent.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if items.len() < PAR_MIN || threads < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let shares: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|share| s.spawn(move || share.iter().map(f).collect::<Result<Vec<R>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for share in shares {
+            out.extend(share.join().map_err(|_| anyhow!("a worker thread panicked"))??);
+        }
+        Ok(out)
+    })
+}
 
 /// Everything a plan is made against: the host, the root's tree and what
 /// the kernel holds there, and how TC attaches.
@@ -57,11 +85,18 @@ impl Observed {
             bpffs::root::check_name(&layout.root)?;
             true
         };
+        // The cgroup walk and the interface list at once.
+        let (cgroups, interfaces) = std::thread::scope(|s| {
+            let cgroups = s.spawn(|| host::cgroups(&cgroup_mount));
+            let interfaces = host::interfaces();
+            let cgroups = cgroups.join().map_err(|_| anyhow!("the cgroup walk panicked"))?;
+            Ok::<_, anyhow::Error>((cgroups?, interfaces?))
+        })?;
         let mut o = Observed {
             pins: Pins::new(&layout.root, dots),
-            cgroups: host::cgroups(&cgroup_mount)?,
+            cgroups,
             cgroup_mount,
-            interfaces: host::interfaces()?,
+            interfaces,
             tree: Tree::default(),
             held: Held::default(),
             kernel: kernel::features(),

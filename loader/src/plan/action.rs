@@ -4,7 +4,7 @@ use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
 
-use crate::{bpffs::Direction, object::MapShape, observe::held::Stray};
+use crate::{bpffs::Direction, object::MapShape, observe::held::Stray, spec::classes::ClassTable};
 
 /// What to do with pinned maps whose shape no longer fits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -72,6 +72,13 @@ pub enum Action {
         #[serde(skip_serializing_if = "Option::is_none")]
         replace: Option<String>,
     },
+    /// Attach a TCP health or drop program to its kernel hook.
+    AttachHealth {
+        program: String,
+        pin: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replace: Option<String>,
+    },
     /// Remove a pin that the layout no longer wants (detaches a link,
     /// releases a removed cgroup held by its stats file).
     Unpin {
@@ -81,6 +88,10 @@ pub enum Action {
     },
     /// Detach an attachment of our programs that no pin of ours holds.
     Detach(Stray),
+    /// Write the destination class tables (`[classes]`): names, prefixes
+    /// and whether classes count. Counts of a class that stays (by name)
+    /// are kept; those of a removed class are dropped.
+    SetClasses { from: ClassTable, to: ClassTable },
     /// Set owner, group and mode of an existing pin or directory.
     SetAccess {
         path: PathBuf,
@@ -159,6 +170,7 @@ impl fmt::Display for Action {
             Action::SetAccess { path, uid, gid, mode } => {
                 write!(f, "set owner {uid}:{gid} mode {mode} on {}", path.display())
             }
+            Action::SetClasses { from, to } => write!(f, "{}", ClassChange(from, to)),
             Action::AttachRmdir { pin, replace } => write!(
                 f,
                 "{}attach the cgroup_rmdir tracepoint -> {}",
@@ -171,6 +183,13 @@ impl fmt::Display for Action {
                 verb(replace),
                 pin.display()
             ),
+            Action::AttachHealth {
+                program,
+                pin,
+                replace,
+            } => {
+                write!(f, "{}attach {program} -> {}", verb(replace), pin.display())
+            }
         }
     }
 }
@@ -179,16 +198,55 @@ impl Action {
     /// Where the action's result is pinned (or what it changes), if anywhere.
     pub fn pin(&self) -> Option<&PathBuf> {
         match self {
-            Action::LoadPrograms { .. } | Action::Detach(_) => None,
+            Action::LoadPrograms { .. } | Action::Detach(_) | Action::SetClasses { .. } => None,
             Action::AttachTc { pin, .. }
             | Action::AttachCgroup { pin, .. }
             | Action::PinStats { pin, .. }
             | Action::AttachRmdir { pin, .. }
             | Action::AttachRelease { pin, .. }
+            | Action::AttachHealth { pin, .. }
             | Action::ReplaceMap { pin, .. }
             | Action::UpdateLink { pin, .. }
             | Action::Unpin { pin, .. } => Some(pin),
             Action::SetAccess { path, .. } => Some(path),
+        }
+    }
+}
+
+/// How a class table change reads in a plan.
+struct ClassChange<'a>(&'a ClassTable, &'a ClassTable);
+
+impl fmt::Display for ClassChange<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (from, to) = (self.0, self.1);
+        if !to.on() {
+            return write!(f, "turn destination classes off (their counts are dropped)");
+        }
+        write!(f, "set destination classes:")?;
+        for (i, name) in &to.names {
+            let prefixes: Vec<String> = to
+                .prefixes
+                .iter()
+                .filter(|(_, c)| *c == i)
+                .map(|(p, _)| p.to_string())
+                .collect();
+            let new = if from.names.get(i) == Some(name) {
+                ""
+            } else {
+                "new "
+            };
+            write!(f, " {new}{name} [{}];", prefixes.join(", "))?;
+        }
+        let gone: Vec<&str> = from
+            .names
+            .iter()
+            .filter(|(i, n)| to.names.get(i) != Some(n))
+            .map(|(_, n)| n.as_str())
+            .collect();
+        if gone.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " removed {} (their counts are dropped)", gone.join(", "))
         }
     }
 }

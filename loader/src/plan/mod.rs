@@ -18,6 +18,8 @@ use crate::{
 pub mod access;
 pub mod action;
 pub mod check;
+pub mod classes;
+pub mod health;
 pub mod hooks;
 pub mod programs;
 
@@ -30,7 +32,8 @@ pub use check::{check_names, unmatched, Unmatched};
 /// The actions that bring what was observed to the layout, in the order
 /// `apply` runs them: programs and maps first, then the tracepoint links, TC,
 /// cgroup_skb and stats files (attachments, then unpins), links moved to
-/// the pinned programs, strays detached, maps swapped, access settled.
+/// the pinned programs, strays detached, maps swapped, class tables
+/// written, access settled.
 pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action>> {
     let k = o.kernel.object();
     let replace_maps = programs::replace_maps(layout, &o.pins, &o.held, maps, k)?;
@@ -41,6 +44,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .into_iter()
         .collect();
     actions.extend(programs::tracing_links(&o.pins, &o.held, reload));
+    actions.extend(health::links(&o.pins, &o.held, reload));
 
     let c = hooks::Ctx {
         layout,
@@ -91,6 +95,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
     actions.extend(o.held.strays.iter().cloned().map(Action::Detach));
     // Replaced maps are swapped in once every link runs the new programs.
     actions.extend(replace_maps);
+    actions.extend(classes::plan(layout, &o.held));
     actions.extend(access::drift(layout, &o.pins, &o.tree));
     Ok(actions)
 }

@@ -2,12 +2,12 @@
 //! replace maps whose shape no longer fits, and the tracepoint links
 //! (cgroup_rmdir, cgroup_release).
 use anyhow::{bail, Result};
-use cgacct_common::{maps, programs as prog};
+use cgacct_common::programs as prog;
 
 use super::action::{Action, MapPolicy};
 use crate::{
     bpffs::Pins,
-    object::{self, wanted_maps, Kernel, REBUILT_MAPS, TRACEPOINTS},
+    object::{self, all_wanted_maps, Kernel, REBUILT_MAPS, TRACEPOINTS},
     observe::Held,
     spec::Layout,
 };
@@ -16,10 +16,16 @@ use crate::{
 /// maps, maps being replaced, or another build running.
 pub fn load_reason(held: &Held, replacing_maps: bool, k: Kernel) -> Option<String> {
     let this = object::this_build();
-    if object::programs(k).iter().any(|p| !held.programs.contains_key(p)) {
+    if object::programs(k).iter().any(|p| !held.programs.contains_key(p)) || super::health::missing(held) {
         Some("programs are missing".to_string())
-    } else if maps::ALL.iter().any(|m| !held.maps.contains_key(m)) {
-        Some("maps are missing: they start from zero".to_string())
+    } else if object::all_maps().any(|m| !held.maps.contains_key(m)) {
+        let missing: Vec<&str> = object::all_maps()
+            .filter(|m| !held.maps.contains_key(m))
+            .collect();
+        Some(format!(
+            "maps are missing ({}): they start from zero, the pinned ones keep their counters",
+            missing.join(", ")
+        ))
     } else if replacing_maps {
         Some("maps are replaced".to_string())
     } else {
@@ -64,7 +70,7 @@ pub fn replace_maps(
     k: Kernel,
 ) -> Result<Vec<Action>> {
     let mut out = Vec::new();
-    for (name, want) in wanted_maps(&layout.maps, k) {
+    for (name, want) in all_wanted_maps(&layout.maps, k) {
         let Some(have) = held.maps.get(name).copied() else {
             continue;
         };

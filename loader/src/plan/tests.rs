@@ -6,7 +6,7 @@ use cgacct_common::{maps, programs as prog};
 use super::{plan, Action, MapPolicy};
 use crate::{
     bpffs::{walk::Entry, walk::Tree, Direction, Pins},
-    object::{self, wanted_maps, PROGRAMS},
+    object::{self, PROGRAMS},
     observe::{held::HeldProgram, kernel::Features, Cgroup, Held, Interface, Observed},
     spec::Layout,
     sys::bpf::{LinkState, LinkTarget, CGROUP_EGRESS, CGROUP_INGRESS, TCX_EGRESS, TCX_INGRESS},
@@ -65,7 +65,9 @@ fn converged(l: &Layout) -> Held {
         id(prog::CGROUP_RMDIR),
         id(prog::CGROUP_RELEASE),
     );
-    held.maps = wanted_maps(&l.maps, object::Kernel::FULL).into_iter().collect();
+    held.maps = object::all_wanted_maps(&l.maps, object::Kernel::FULL)
+        .into_iter()
+        .collect();
     let tcx = |attach_type| LinkTarget::Tcx {
         ifindex: 7,
         attach_type,
@@ -168,7 +170,9 @@ fn converged_without_iterators(l: &Layout) -> Held {
     held.programs.remove(prog::CGROUP_ITER);
     held.links.remove(&p.stats_file("app"));
     held.links.remove(&p.stats_file("app/web"));
-    held.maps = wanted_maps(&l.maps, NO_ITER.object()).into_iter().collect();
+    held.maps = object::all_wanted_maps(&l.maps, NO_ITER.object())
+        .into_iter()
+        .collect();
     held
 }
 
@@ -370,4 +374,32 @@ fn access_drift_comes_from_the_tree_not_the_disk() {
             mode: "0444".into()
         }]
     );
+}
+
+#[test]
+fn class_tables_are_written_when_they_differ_and_only_then() {
+    use crate::spec::classes::ClassTable;
+    let l = layout("[classes]\ncluster = [\"10.0.0.0/8\", \"fd00::/8\"]\n");
+    let (interfaces, cgroups) = host();
+    let mut held = converged(&l);
+    held.classes = Some(ClassTable::default());
+    let o = Observed::new(pins(), interfaces.clone(), cgroups.clone(), Tree::default(), held);
+    let actions = plan(&l, &o, MapPolicy::Refuse).expect("plan");
+    let [Action::SetClasses { from, to }] = actions.as_slice() else {
+        panic!("{actions:#?}");
+    };
+    assert_eq!(*from, ClassTable::default());
+    assert_eq!(
+        (to.indices, to.names[&1].as_str(), to.prefixes.len()),
+        (2, "cluster", 2)
+    );
+    let text = actions[0].to_string();
+    assert!(text.contains("new cluster [10.0.0.0/8, fd00::/8]"), "{text}");
+    // Once written, nothing to do; without [classes], the tables are cleared.
+    let mut held = converged(&l);
+    held.classes = Some(to.clone());
+    let o = Observed::new(pins(), interfaces, cgroups, Tree::default(), held);
+    assert!(plan(&l, &o, MapPolicy::Refuse).expect("plan").is_empty());
+    let off = plan(&layout(""), &o, MapPolicy::Refuse).expect("plan");
+    assert!(off[0].to_string().contains("off"), "{off:?}");
 }

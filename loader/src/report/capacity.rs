@@ -26,7 +26,16 @@ pub const BUCKETS: [(&str, &str, &str); overflow::BUCKETS as usize] = [
 
 /// Maps whose entries a full map displaces by design (LRU records and
 /// scratch space): listed, never warned about.
-const DISPLACING: [&str; 2] = [maps::ITER_SCRATCH, maps::REMOVED];
+const DISPLACING: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED, maps::CLASS_SCRATCH];
+
+/// Arrays (always "full") and overflow buckets: not listed.
+const UNLISTED: [&str; 5] = [
+    maps::REMOVED_SCRATCH,
+    maps::OVERFLOW,
+    maps::CLASS_NAMES,
+    maps::CLASS_CONFIG,
+    maps::CLASS_OVERFLOW,
+];
 
 /// One overflow bucket's totals.
 #[derive(Clone, Debug, Serialize)]
@@ -89,7 +98,7 @@ pub fn read(pins: &Pins) -> Result<Capacity> {
     }
     for name in maps::ALL {
         let pin = pins.map(name);
-        if [maps::REMOVED_SCRATCH, maps::OVERFLOW].contains(&name) || !pin.exists() {
+        if UNLISTED.contains(&name) || !pin.exists() {
             continue;
         }
         let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
@@ -102,13 +111,21 @@ pub fn read(pins: &Pins) -> Result<Capacity> {
                 .with_context(|| format!("counting the entries of {}", pin.display()))?
         };
         let lower = name.to_ascii_lowercase();
-        let lost = cap.overflow.iter().filter(|b| b.map == lower).fold(None, |l, b| {
-            let l: Lost = l.unwrap_or_default();
-            Some(Lost {
-                packets: l.packets + b.packets,
-                bytes: l.bytes + b.bytes,
-            })
-        });
+        let class_lost = match name {
+            maps::CLASS_STATS => class_overflow(pins)?,
+            _ => None,
+        };
+        let lost = cap
+            .overflow
+            .iter()
+            .filter(|b| b.map == lower)
+            .fold(class_lost, |l, b| {
+                let l: Lost = l.unwrap_or_default();
+                Some(Lost {
+                    packets: l.packets + b.packets,
+                    bytes: l.bytes + b.bytes,
+                })
+            });
         cap.maps.push(MapUse {
             name: lower,
             entries,
@@ -140,6 +157,28 @@ fn overflow_totals(pins: &Pins) -> Result<Option<Vec<Counters>>> {
         out.push(c);
     }
     Ok(Some(out))
+}
+
+/// What no full `CLASS_STATS` or `CLASS_DEPARTED` could take (both
+/// directions); None when nothing was lost or the root has no such map.
+fn class_overflow(pins: &Pins) -> Result<Option<Lost>> {
+    let pin = pins.map(maps::CLASS_OVERFLOW);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let array: PerCpuArray<MapData, Counters> = aya::maps::Map::PerCpuArray(data).try_into()?;
+    let mut c = Counters::default();
+    array
+        .get(&0, 0)
+        .with_context(|| format!("reading {}", pin.display()))?
+        .iter()
+        .for_each(|s| c.add(s));
+    let lost = Lost {
+        packets: c.rx_packets + c.tx_packets,
+        bytes: c.rx_bytes + c.tx_bytes,
+    };
+    Ok((lost.packets > 0).then_some(lost))
 }
 
 /// Removed cgroups the kernel still holds (records of released ones with

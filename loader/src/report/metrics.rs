@@ -137,6 +137,45 @@ fn cgroup_families(
     }
 }
 
+/// `cgacct_class_{bytes,packets}_total`: the cgroup_skb counts of each
+/// cgroup's own sockets by destination class (labels `class`,
+/// `direction`); no family at all while no class has counted.
+fn class_families(out: &mut String, snap: &Snapshot, tree: &CgroupTree, names: &Table) {
+    if snap.classes.is_empty() {
+        return;
+    }
+    type ByClass = BTreeMap<String, Counters>;
+    let rows: Vec<(Vec<(&str, String)>, &ByClass)> = snap
+        .classes
+        .iter()
+        .filter_map(|(id, m)| tree.get(*id).map(|e| (cgroup_labels(e, names), m)))
+        .collect();
+    for (unit, pick) in [
+        (
+            "bytes",
+            (|c: &Counters| [c.rx_bytes, c.tx_bytes]) as fn(&Counters) -> [u64; 2],
+        ),
+        ("packets", |c: &Counters| [c.rx_packets, c.tx_packets]),
+    ] {
+        let name = format!("cgacct_class_{unit}_total");
+        let help = format!(
+            "Network-layer {unit} of the cgroup's own sockets (cgroup_skb hooks) by destination \
+             class of the peer address ([classes]): rx received, tx sent."
+        );
+        let mut f = Family::new(out, &name, "counter", &help);
+        for (labels, by_class) in &rows {
+            for (class, c) in *by_class {
+                for (dir, v) in ["rx", "tx"].iter().zip(pick(c)) {
+                    let mut l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    l.push(("class", class));
+                    l.push(("direction", dir));
+                    f.sample(&name, &l, v);
+                }
+            }
+        }
+    }
+}
+
 /// The exposition text of one scrape.
 pub fn render(snap: &Snapshot, tree: &CgroupTree, names: &Table, ifnames: &BTreeMap<u32, String>) -> String {
     let mut out = String::new();
@@ -149,6 +188,7 @@ pub fn render(snap: &Snapshot, tree: &CgroupTree, names: &Table, ifnames: &BTree
         tree,
         names,
     );
+    class_families(&mut out, snap, tree, names);
     cgroup_families(
         &mut out,
         "cgacct_tc",
@@ -269,7 +309,17 @@ pub fn scrape(pins: &Pins, tree: &mut CgroupTree, names: &Resolver) -> Result<St
         .into_iter()
         .map(|i| (i.ifindex, i.name))
         .collect();
-    let mut out = render(&snap, tree, &names.table(), &ifnames);
+    let table = names.table();
+    let mut out = render(&snap, tree, &table, &ifnames);
+    if let Some(h) = super::health::read(pins).context("reading the health maps")? {
+        for fam in super::health::families(&h, |id| tree.get(id).map(|e| cgroup_labels(e, &table))) {
+            let mut f = Family::new(&mut out, &fam.name, "counter", &fam.help);
+            for (labels, v) in &fam.samples {
+                let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                f.sample(&fam.name, &l, *v);
+            }
+        }
+    }
     render_capacity(&mut out, &cap);
     Ok(out)
 }
@@ -398,6 +448,8 @@ mod tests {
         snap.cgroups.insert(999_999_999, c); // a removed cgroup: no series
         snap.tc_cgroups.insert(UNATTRIBUTED_CGROUP, c);
         snap.interfaces.insert(7, c);
+        snap.classes
+            .insert(id, BTreeMap::from([("cluster".to_string(), c)]));
         let ifnames = BTreeMap::from([(7, "veth0".to_string())]);
         let text = render(&snap, &tree, &Table::default(), &ifnames);
         let l = r#"cgroup="/system.slice/web.service",name="web.service",unit="web.service""#;
@@ -409,6 +461,8 @@ mod tests {
             "cgacct_tc_unattributed_bytes_total{direction=\"egress\"} 20".to_string(),
             "cgacct_interface_packets_total{interface=\"veth0\",direction=\"ingress\"} 1".to_string(),
             "cgacct_cgroups 3".to_string(),
+            format!("cgacct_class_bytes_total{{{l},class=\"cluster\",direction=\"tx\"}} 20"),
+            format!("cgacct_class_packets_total{{{l},class=\"cluster\",direction=\"rx\"}} 1"),
         ] {
             assert!(text.lines().any(|x| x == want), "missing {want:?} in\n{text}");
         }

@@ -5,6 +5,7 @@
 //! ([`removed`]) and `net.stat`'s sums computed from the maps
 //! ([`subtree`], for kernels without cgroup iterators).
 pub mod capacity;
+pub mod health;
 pub mod metrics;
 pub mod read;
 pub mod removed;

@@ -4,9 +4,13 @@ use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap};
-use cgacct_common::{maps, Counters};
+use cgacct_common::{maps, ClassKey, Counters};
 
-use crate::{bpffs::Pins, observe::kernel, sys};
+use crate::{
+    bpffs::Pins,
+    observe::{classes, kernel},
+    sys,
+};
 
 /// Every key of a pinned counters map, with its CPU slots summed (a
 /// per-CPU hash), or its one value (a hash shared by every CPU, on kernels
@@ -113,6 +117,10 @@ pub struct Snapshot {
     pub interfaces: BTreeMap<u32, Counters>,
     /// owner cgroup id -> frames through its interfaces (rx towards it).
     pub veth: BTreeMap<u64, Counters>,
+    /// cgroup id -> class name -> counts of the cgroup_skb hooks by class
+    /// of the peer address (the cgroup's own sockets); empty when classes
+    /// are off.
+    pub classes: BTreeMap<u64, BTreeMap<String, Counters>>,
 }
 
 pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
@@ -126,7 +134,24 @@ pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
         } else {
             BTreeMap::new()
         },
+        classes: class_totals(pins)?,
     })
+}
+
+/// cgroup id -> class name -> own counts, for the classes in use (the
+/// name table's); empty for a root without class maps.
+pub fn class_totals(pins: &Pins) -> Result<BTreeMap<u64, BTreeMap<String, Counters>>> {
+    let mut out: BTreeMap<u64, BTreeMap<String, Counters>> = BTreeMap::new();
+    if !pins.map(maps::CLASS_STATS).exists() || !pins.map(maps::CLASS_NAMES).exists() {
+        return Ok(out);
+    }
+    let names = classes::names(pins)?;
+    for (k, c) in map_totals::<ClassKey>(&pins.map(maps::CLASS_STATS))? {
+        if let Some(name) = names.get(&k.class) {
+            out.entry(k.cgroup_id).or_default().insert(name.clone(), c);
+        }
+    }
+    Ok(out)
 }
 
 /// Parses flat keyed `key value` text such as `net.stat`.

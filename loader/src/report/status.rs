@@ -43,6 +43,8 @@ struct Status {
     /// What the container runtimes say about the cgroups.
     runtimes: Table,
     ifnames: BTreeMap<u32, String>,
+    /// TCP health and drops, where the root has their maps.
+    health: Option<super::health::HealthSnap>,
 }
 
 impl Status {
@@ -66,6 +68,7 @@ impl Status {
         let snap = read::snapshot(&pins).context("reading the pinned maps")?;
         let capacity = capacity::read(&pins).context("reading how full the maps are")?;
         let departed = subtree::departed(&pins).context("reading the totals of removed cgroups")?;
+        let health = super::health::read(&pins).context("reading the health maps")?;
         Ok(Status {
             root: root.to_path_buf(),
             build: build.map(|b| format!("{b:016x}")),
@@ -77,6 +80,7 @@ impl Status {
             kernel: k,
             stats: subtree::stats(&cgroups, &snap, &departed, &capacity.overflow),
             snap,
+            health,
             capacity,
             names: cgroups.iter().map(|c| (c.id, c.display())).collect(),
             runtimes: runtime::ask_for(root),
@@ -144,13 +148,16 @@ fn counters(c: &Counters) -> serde_json::Value {
 }
 
 fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
-    let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<serde_json::Value> {
+    let by_cgroup = |m: &BTreeMap<u64, Counters>, classes: bool| -> Vec<serde_json::Value> {
         m.iter()
             .map(|(id, c)| {
                 let mut v = s.known(*id);
                 v["id"] = json!(id);
                 v["path"] = json!(s.cgroup_name(*id));
                 v["counters"] = counters(c);
+                if let Some(by_class) = s.snap.classes.get(id).filter(|_| classes) {
+                    v["classes"] = by_class.iter().map(|(n, c)| (n.clone(), counters(c))).collect();
+                }
                 v
             })
             .collect()
@@ -164,12 +171,17 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "kernel": s.kernel,
         "stats": s.stats.iter().map(|(id, keys)| (s.cgroup_name(*id), json!(keys))).collect::<serde_json::Map<_, _>>(),
         "tc_attach": tc,
-        "cgroups": by_cgroup(&s.snap.cgroups),
-        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups),
-        "veth_cgroups": by_cgroup(&s.snap.veth),
+        "cgroups": by_cgroup(&s.snap.cgroups, true),
+        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups, false),
+        "veth_cgroups": by_cgroup(&s.snap.veth, false),
         "runtimes": s.runtimes.answers,
         "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
         "maps": cap["maps"], "overflow": cap["overflow"], "warnings": cap["warnings"],
+        "health": s.health.as_ref().map(|h| super::health::to_json(h, |id| {
+            let mut v = s.known(id);
+            v["path"] = json!(s.cgroup_name(id));
+            v
+        })),
     })
 }
 
@@ -221,6 +233,14 @@ fn print_text(s: &Status, tc: &tc::Choice) {
             by_cgroup(&s.snap.veth),
         );
     }
+    if !s.snap.classes.is_empty() {
+        let rows = s.snap.classes.iter().flat_map(|(id, by_class)| {
+            by_class
+                .iter()
+                .map(move |(n, c)| (id.to_string(), *c, format!("{}  class {n}", s.label(*id))))
+        });
+        table(rx_tx("cgroup (cgroup_skb) by destination class"), rows.collect());
+    }
     let ifaces = s.snap.interfaces.iter().map(|(i, c)| {
         let name = s.ifnames.get(i).cloned().unwrap_or_else(|| "(gone)".into());
         (i.to_string(), *c, name)
@@ -228,8 +248,32 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     let mut h = head("in_bytes", "in_pkts", "out_bytes", "out_pkts", "interface (tc)");
     h[0] = "ifindex";
     table(h, ifaces.collect());
+    if let Some(h) = &s.health {
+        print_health(s, h);
+    }
     s.capacity.print();
     print_runtimes(s);
+}
+
+/// The health keys this kernel counts, one row per cgroup (own sockets).
+fn print_health(s: &Status, h: &super::health::HealthSnap) {
+    let keys = h.keys();
+    if keys.is_empty() {
+        return;
+    }
+    println!("\n{:<10} {}  cgroup (TCP health and drops)", "id", keys.join(" "));
+    for (id, v) in &h.own {
+        let vals = h.values(v);
+        let cols: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{:>w$}", vals[*k].as_u64().unwrap_or(0), w = k.len()))
+            .collect();
+        println!("{:<10} {}  {}", id, cols.join(" "), s.label(*id));
+    }
+    if !h.reasons.is_empty() {
+        let r: Vec<String> = h.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("drops by reason: {}", r.join(", "));
+    }
 }
 
 /// Where the names came from.

@@ -75,6 +75,44 @@ pub struct Row {
     pub rx_packets_per_sec: f64,
     pub tx_bytes_per_sec: f64,
     pub tx_packets_per_sec: f64,
+    /// TCP health and drops counted during the interval (the keys this
+    /// kernel counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
+    /// Counted during the interval by destination class (cgroup_skb,
+    /// `--source socket`, with `[classes]` only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<String, ClassCounts>,
+}
+
+/// One class's counts over one interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClassCounts {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// What each class of cgroup `id` counted between two snapshots.
+pub fn class_deltas(before: &Snapshot, now: &Snapshot, id: u64) -> BTreeMap<String, ClassCounts> {
+    let Some(by_class) = now.classes.get(&id) else {
+        return BTreeMap::new();
+    };
+    let old = before.classes.get(&id);
+    by_class
+        .iter()
+        .map(|(name, c)| {
+            let d = delta(c, old.and_then(|o| o.get(name)));
+            let counts = ClassCounts {
+                rx_bytes: d.rx_bytes,
+                rx_packets: d.rx_packets,
+                tx_bytes: d.tx_bytes,
+                tx_packets: d.tx_packets,
+            };
+            (name.clone(), counts)
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +165,8 @@ pub fn rows(
                 rx_packets_per_sec: per_sec(d.rx_packets),
                 tx_bytes_per_sec: per_sec(d.tx_bytes),
                 tx_packets_per_sec: per_sec(d.tx_packets),
+                classes: BTreeMap::new(),
+                health: None,
             })
         })
         .collect();
@@ -207,6 +247,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
     // delays a refresh; new containers are looked up as they appear.
     let names = runtime::resolver_for(root);
     let mut before = read::snapshot(&pins).context("reading the pinned maps")?;
+    let mut health_before = super::health::read(&pins).ok().flatten();
     let mut at = Instant::now();
     if o.once {
         eprintln!("sampling for {:.1}s", o.interval.as_secs_f64());
@@ -238,6 +279,18 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
             &known,
             o.sort,
         );
+        if o.source == Source::Socket {
+            for r in &mut cgroups {
+                r.classes = class_deltas(&before, &now, r.id);
+            }
+        }
+        let health_now = super::health::read(&pins).ok().flatten();
+        if let Some(h) = &health_now {
+            for r in &mut cgroups {
+                r.health = Some(super::health::interval(health_before.as_ref(), h, r.id));
+            }
+        }
+        health_before = health_now;
         if let Some(n) = o.limit {
             cgroups.truncate(n);
         } else if !o.once && !o.json {

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
-use super::select::{CgroupPattern, NamePattern};
+use super::{
+    classes::{self, Class},
+    select::{CgroupPattern, NamePattern},
+};
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/cgacct";
 
@@ -45,6 +48,8 @@ struct File {
     stats: StatsSection,
     #[serde(default)]
     access: AccessSection,
+    /// Class name -> prefixes (see [`super::classes`]).
+    classes: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 fn default_root() -> PathBuf {
@@ -73,7 +78,7 @@ impl Default for MapSizes {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TcSection {
     #[serde(default)]
@@ -88,6 +93,26 @@ struct TcSection {
     /// How TC programs attach: auto (probe), tcx, clsact.
     #[serde(default)]
     attach: TcAttach,
+    /// Expedite RCU grace periods host-wide while attaching many TCX links.
+    #[serde(default = "yes")]
+    expedite_rcu: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TcSection {
+    fn default() -> Self {
+        TcSection {
+            interfaces: Vec::new(),
+            required: false,
+            owners: Default::default(),
+            discover_owners: false,
+            attach: TcAttach::Auto,
+            expedite_rcu: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,9 +223,15 @@ pub struct Layout {
     pub tc_discover_owners: bool,
     /// How TC programs attach (`[tc] attach`); `CGACCT_TC_ATTACH` overrides.
     pub tc_attach: TcAttach,
+    /// `[tc] expedite_rcu`: set `/sys/kernel/rcu_expedited` to 1 while many
+    /// TCX links are attached (`apply::expedite`).
+    pub tc_expedite_rcu: bool,
     /// Sections whose every pattern must match something (`required = true`).
     pub required: Required,
     pub access: AccessRules,
+    /// Destination classes (`[classes]`); None: the section is absent and
+    /// classes are off.
+    pub classes: Option<Vec<Class>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,10 +294,13 @@ impl Layout {
                 Ok((p, cg.trim_matches('/').to_string()))
             })
             .collect::<Result<_>>()?;
+        let classes = file.classes.as_ref().map(classes::parse).transpose()?;
         Ok(Layout {
+            classes,
             tc_owners,
             tc_discover_owners: file.tc.discover_owners,
             tc_attach: file.tc.attach,
+            tc_expedite_rcu: file.tc.expedite_rcu,
             root: file.root,
             maps: file.maps,
             tc_interfaces,
@@ -402,6 +436,13 @@ mod tests {
             Layout::parse("[tc]\ndiscover_owners = true\nowners = { \"vw*\" = \"/web.slice/\" }").unwrap();
         assert!(l.tc_discover_owners);
         assert_eq!(l.tc_attach, TcAttach::Auto);
+        assert!(l.tc_expedite_rcu, "on by default");
+        assert!(
+            !Layout::parse("[tc]\nexpedite_rcu = false")
+                .unwrap()
+                .tc_expedite_rcu
+        );
+        assert!(Layout::parse("").unwrap().tc_expedite_rcu);
         let clsact = Layout::parse("[tc]\nattach = \"clsact\"").unwrap();
         assert_eq!(clsact.tc_attach, TcAttach::Clsact);
         let e = format!("{:#}", Layout::parse("[tc]\nattach = \"xdp\"").unwrap_err());

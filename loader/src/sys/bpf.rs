@@ -530,14 +530,45 @@ pub fn object_kind(path: &CStr) -> Result<ObjectKind, SysError> {
 
 /// What kind of bpf object `fd` is, from its anon inode name.
 pub fn fd_kind(fd: BorrowedFd<'_>) -> Result<ObjectKind, SysError> {
-    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|e| SysError::new("readlink(/proc/self/fd)", e))?;
-    Ok(match target.to_string_lossy().as_ref() {
-        "anon_inode:bpf-prog" => ObjectKind::Program,
-        "anon_inode:bpf_link" | "anon_inode:bpf-link" => ObjectKind::Link,
-        "anon_inode:bpf-map" => ObjectKind::Map,
+    let target = fd_target(fd)?;
+    Ok(match target.as_slice() {
+        b"anon_inode:bpf-prog" => ObjectKind::Program,
+        b"anon_inode:bpf_link" | b"anon_inode:bpf-link" => ObjectKind::Link,
+        b"anon_inode:bpf-map" => ObjectKind::Map,
         _ => ObjectKind::Other,
     })
+}
+
+/// What `/proc/self/fd/<fd>` points to: `readlinkat` on `/proc/self/fd`,
+/// opened once (a read of thousands of pins would otherwise walk the whole
+/// path for each).
+fn fd_target(fd: BorrowedFd<'_>) -> Result<Vec<u8>, SysError> {
+    static DIR: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // SAFETY: a constant C string; the fd returned is ours alone.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/fd".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: a new fd that nothing else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    });
+    let Some(dir) = dir else {
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| SysError::new("readlink(/proc/self/fd)", e))?;
+        return Ok(target.into_os_string().into_encoded_bytes());
+    };
+    let name = std::ffi::CString::new(fd.as_raw_fd().to_string())
+        .map_err(|e| SysError::new("readlinkat", io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let mut buf = [0u8; 64];
+    // SAFETY: a valid directory fd, a C string and a buffer of the length given.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(SysError::last("readlinkat(/proc/self/fd)"));
+    }
+    Ok(buf[..n as usize].to_vec())
 }
 
 #[cfg(test)]

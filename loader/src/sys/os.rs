@@ -27,6 +27,20 @@ pub fn try_lock_exclusive(file: &impl AsRawFd) -> Result<bool, SysError> {
     }
 }
 
+/// `flock(LOCK_EX)`, waiting for other holders.
+pub fn lock_exclusive(file: &impl AsRawFd) -> Result<(), SysError> {
+    loop {
+        // SAFETY: flock on an fd the caller owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = SysError::last("flock");
+        if e.errno() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
 /// `statfs(path).f_type`: the magic number of the filesystem holding `path`.
 pub fn fs_type(path: &Path) -> Result<i64, SysError> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
@@ -140,11 +154,37 @@ pub fn connect_unix(path: &Path) -> Result<UnixStream, SysError> {
     Ok(stream)
 }
 
+/// The kernel's switch that makes every RCU grace period expedited
+/// (Documentation/RCU: `rcupdate.rcu_expedited`).
+pub const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
+
+/// A sysfs switch (a file holding 0 or 1): true when it holds non-zero.
+pub fn read_switch(path: &Path) -> Result<bool, SysError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SysError::new("read", e))?;
+    text.trim()
+        .parse::<i64>()
+        .map(|v| v != 0)
+        .map_err(|e| SysError::new("read", std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Writes 1 or 0 to a sysfs switch.
+pub fn write_switch(path: &Path, on: bool) -> Result<(), SysError> {
+    std::fs::write(path, if on { "1" } else { "0" }).map_err(|e| SysError::new("write", e))
+}
+
 /// SIGKILL to this process (the test kill points).
 pub fn kill_self() {
     // SAFETY: raising a signal at ourselves.
     unsafe {
         libc::raise(libc::SIGKILL);
+    }
+}
+
+/// Raises `sig` at this process.
+pub fn raise(sig: libc::c_int) {
+    // SAFETY: raising a signal at ourselves.
+    unsafe {
+        libc::raise(sig);
     }
 }
 

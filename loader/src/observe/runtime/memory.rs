@@ -50,11 +50,17 @@ pub fn now() -> u64 {
         .unwrap_or_default()
 }
 
+/// Where cgacct keeps its small state files: `/run/cgacct`, or
+/// `$CGACCT_STATE_DIR`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("CGACCT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/cgacct"))
+}
+
 /// The file of the root at `root`.
 pub fn path(root: &Path) -> PathBuf {
-    let dir = std::env::var_os("CGACCT_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/cgacct"));
+    let dir = state_dir();
     let mut name = String::from("names-");
     for c in root.to_string_lossy().chars() {
         match c {
