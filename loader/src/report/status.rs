@@ -69,6 +69,7 @@ impl Status {
         let capacity = capacity::read(&pins).context("reading how full the maps are")?;
         let departed = subtree::departed(&pins).context("reading the totals of removed cgroups")?;
         let health = super::health::read(&pins).context("reading the health maps")?;
+        let classes = subtree::classes(&pins).context("reading the class tables")?;
         Ok(Status {
             root: root.to_path_buf(),
             build: build.map(|b| format!("{b:016x}")),
@@ -78,7 +79,16 @@ impl Status {
             cgroup_links: tree.two_level(&pins.cgroup_links()),
             stats_files: tree.stats_files(&pins).len(),
             kernel: k,
-            stats: subtree::stats(&cgroups, &snap, &departed, &capacity.overflow),
+            stats: subtree::stats(
+                &cgroups,
+                &snap,
+                &departed,
+                &capacity.overflow,
+                subtree::Extra {
+                    classes: &classes,
+                    health: health.as_ref(),
+                },
+            ),
             snap,
             health,
             capacity,

@@ -4,7 +4,10 @@
 //!
 //! The sums are the iterator's: a cgroup's own counters from each family,
 //! its live descendants' and the totals of removed descendants folded into
-//! each of them (`DEPARTED`), and for the root the overflow buckets. The
+//! each of them (`DEPARTED`), and for the root the overflow buckets; the
+//! same for each destination class in use (`CLASS_STATS`,
+//! `CLASS_DEPARTED`) and each TCP health key counted (`HEALTH_STATS`,
+//! `HEALTH_DEPARTED`). The
 //! iterator reads everything under `cgroup_mutex` in one walk; these reads
 //! are map by map, so a cgroup removed meanwhile can be missing from one
 //! read or counted twice in another (re-read to settle).
@@ -12,10 +15,59 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
-use cgacct_common::{maps, Counters, Departed, Totals, ROOT_CGROUP};
+use cgacct_common::{health as hkeys, maps, ClassKey, Counters, Departed, Health, Totals, ROOT_CGROUP};
 
-use super::{capacity::Bucket, read::Snapshot};
-use crate::{bpffs::Pins, observe::Cgroup};
+use super::{capacity::Bucket, health::HealthSnap, read::Snapshot};
+use crate::{
+    bpffs::Pins,
+    observe::{classes, Cgroup},
+};
+
+/// The destination classes in use and what removed cgroups counted in
+/// them, by the ancestor that took it.
+#[derive(Debug, Default)]
+pub struct Classes {
+    /// Names of the classes in use, in index order (`other` first).
+    pub names: Vec<String>,
+    /// cgroup id -> class name -> counts of its removed descendants.
+    pub gone: BTreeMap<u64, BTreeMap<String, Counters>>,
+}
+
+/// Reads [`Classes`]; empty for a root without class maps or classes off.
+pub fn classes(pins: &Pins) -> Result<Classes> {
+    let mut out = Classes::default();
+    let Some(table) = classes::read(pins)? else {
+        return Ok(out);
+    };
+    out.names = table
+        .names
+        .iter()
+        .filter(|(i, _)| **i < table.indices)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let pin = pins.map(maps::CLASS_DEPARTED);
+    if out.names.is_empty() || !pin.exists() {
+        return Ok(out);
+    }
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let map: HashMap<MapData, ClassKey, Counters> = Map::HashMap(data).try_into()?;
+    for entry in map.iter() {
+        let (k, c) = entry.with_context(|| format!("reading {}", pin.display()))?;
+        if let Some(name) = table.names.get(&k.class).filter(|_| k.class < table.indices) {
+            out.gone.entry(k.cgroup_id).or_default().insert(name.clone(), c);
+        }
+    }
+    Ok(out)
+}
+
+/// What a `net.stat` file adds to the packet counters: destination
+/// classes and TCP health.
+#[derive(Clone, Copy)]
+pub struct Extra<'a> {
+    pub classes: &'a Classes,
+    /// None where the root has no health maps.
+    pub health: Option<&'a HealthSnap>,
+}
 
 /// `DEPARTED`: cgroup id -> totals of its removed descendants.
 pub fn departed(pins: &Pins) -> Result<BTreeMap<u64, Departed>> {
@@ -34,12 +86,17 @@ pub fn departed(pins: &Pins) -> Result<BTreeMap<u64, Departed>> {
 }
 
 /// One cgroup's sums, as the iterator gathers them.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Acc {
     cgroups: u64,
     departed_cgroups: u64,
     own: Totals,
     subtree: Totals,
+    /// By class, in [`Classes::names`] order.
+    class_own: Vec<Counters>,
+    class_subtree: Vec<Counters>,
+    health_own: Health,
+    health_subtree: Health,
 }
 
 /// Every cgroup of `cgroups` (parents before children, as
@@ -50,6 +107,7 @@ pub fn stats(
     snap: &Snapshot,
     departed: &BTreeMap<u64, Departed>,
     overflow: &[Bucket],
+    extra: Extra<'_>,
 ) -> BTreeMap<u64, BTreeMap<String, u64>> {
     let index: BTreeMap<&str, usize> = cgroups
         .iter()
@@ -63,8 +121,16 @@ pub fn stats(
         }
     };
     let get = |m: &BTreeMap<u64, Counters>, id| m.get(&id).copied().unwrap_or_default();
-    let mut acc = vec![Acc::default(); cgroups.len()];
+    let n = extra.classes.names.len();
+    let empty = Acc {
+        class_own: vec![Counters::default(); n],
+        class_subtree: vec![Counters::default(); n],
+        ..Acc::default()
+    };
+    let mut acc = vec![empty; cgroups.len()];
     for (i, cg) in cgroups.iter().enumerate() {
+        let (class_own, class_sub) = class_counts(extra, snap, cg.id);
+        let (health_own, health_sub) = health_counts(extra, cg.id);
         let own = Totals {
             socket: get(&snap.cgroups, cg.id),
             tc: get(&snap.tc_cgroups, cg.id),
@@ -72,20 +138,79 @@ pub fn stats(
         };
         let gone = departed.get(&cg.id).copied().unwrap_or_default();
         acc[i].own = own;
+        acc[i].class_own.clone_from(&class_own);
+        acc[i].health_own = health_own;
         let mut at = Some(i);
         while let Some(a) = at {
             acc[a].cgroups += 1;
             acc[a].departed_cgroups += gone.cgroups;
             acc[a].subtree.add(&own);
             acc[a].subtree.add(&gone.totals);
+            for (s, c) in acc[a].class_subtree.iter_mut().zip(&class_sub) {
+                s.add(c);
+            }
+            acc[a].health_subtree.add(&health_sub);
             at = parent(&cgroups[a].path);
         }
     }
     cgroups
         .iter()
         .zip(acc)
-        .map(|(cg, a)| (cg.id, keys(cg.id, &a, overflow)))
+        .map(|(cg, a)| {
+            let mut k = keys(cg.id, &a, overflow);
+            extra_keys(&mut k, &a, extra);
+            (cg.id, k)
+        })
         .collect()
+}
+
+/// A cgroup's own counts of each class in use, and with its removed
+/// descendants' (what it adds to each ancestor's subtree).
+fn class_counts(extra: Extra<'_>, snap: &Snapshot, id: u64) -> (Vec<Counters>, Vec<Counters>) {
+    let names = &extra.classes.names;
+    let of = |m: Option<&BTreeMap<String, Counters>>, name: &String| {
+        m.and_then(|m| m.get(name)).copied().unwrap_or_default()
+    };
+    let own: Vec<Counters> = names.iter().map(|n| of(snap.classes.get(&id), n)).collect();
+    let mut sub = own.clone();
+    for (s, n) in sub.iter_mut().zip(names) {
+        s.add(&of(extra.classes.gone.get(&id), n));
+    }
+    (own, sub)
+}
+
+/// A cgroup's own health counts, and with its removed descendants'.
+fn health_counts(extra: Extra<'_>, id: u64) -> (Health, Health) {
+    let Some(h) = extra.health else {
+        return Default::default();
+    };
+    let own = h.own.get(&id).copied().unwrap_or_default();
+    let mut sub = own;
+    sub.add(&h.departed.get(&id).copied().unwrap_or_default());
+    (own, sub)
+}
+
+/// The class and health keys, as the iterator prints them.
+fn extra_keys(out: &mut BTreeMap<String, u64>, a: &Acc, extra: Extra<'_>) {
+    let names = &extra.classes.names;
+    for (i, name) in names.iter().enumerate() {
+        for (prefix, c) in [("", &a.class_subtree[i]), ("self_", &a.class_own[i])] {
+            out.insert(format!("{prefix}class_{name}_rx_bytes"), c.rx_bytes);
+            out.insert(format!("{prefix}class_{name}_rx_packets"), c.rx_packets);
+            out.insert(format!("{prefix}class_{name}_tx_bytes"), c.tx_bytes);
+            out.insert(format!("{prefix}class_{name}_tx_packets"), c.tx_packets);
+        }
+    }
+    let Some(h) = extra.health else {
+        return;
+    };
+    let (sub, own) = (a.health_subtree.values(), a.health_own.values());
+    for (i, key) in hkeys::KEYS.iter().enumerate() {
+        if h.keys & (1 << i) != 0 {
+            out.insert(key.to_string(), sub[i]);
+            out.insert(format!("self_{key}"), own[i]);
+        }
+    }
 }
 
 /// A family of counters in `net.stat`: its key prefix, its two directions'
@@ -165,7 +290,12 @@ mod tests {
             packets: 3,
             bytes: 30,
         }];
-        let s = stats(&tree, &snap, &departed, &overflow);
+        let classes = Classes::default();
+        let extra = Extra {
+            classes: &classes,
+            health: None,
+        };
+        let s = stats(&tree, &snap, &departed, &overflow, extra);
         let a = &s[&10];
         assert_eq!(a["subtree_cgroups"], 2);
         assert_eq!(a["removed_cgroups"], 2);
@@ -187,5 +317,59 @@ mod tests {
         assert_eq!(root["overflow_cgroup_stats_packets"], 3);
         assert_eq!(root["overflow_cgroup_stats_bytes"], 30);
         assert_eq!(root["cgroup_id"], 1);
+    }
+
+    #[test]
+    fn class_and_health_keys_sum_like_the_iterator() {
+        let cg = |path: &str, id| Cgroup {
+            path: path.into(),
+            id,
+        };
+        let tree = [cg("", 1), cg("a", 10), cg("a/b", 11)];
+        let mut snap = Snapshot::default();
+        snap.classes.entry(11).or_default().insert("lan".into(), c(2, 3));
+        snap.classes
+            .entry(10)
+            .or_default()
+            .insert("other".into(), c(1, 0));
+        // A class no longer in use: not printed.
+        snap.classes.entry(10).or_default().insert("old".into(), c(9, 9));
+        let mut classes = Classes {
+            names: vec!["other".into(), "lan".into()],
+            ..Classes::default()
+        };
+        classes.gone.entry(10).or_default().insert("lan".into(), c(4, 0));
+        let mut health = HealthSnap {
+            keys: 1 << hkeys::ACTIVE_OPENS | 1 << hkeys::OUT_RSTS,
+            ..HealthSnap::default()
+        };
+        let h = |opens, rsts| Health {
+            tcp_active_opens: opens,
+            tcp_out_rsts: rsts,
+            ..Health::default()
+        };
+        health.own.insert(11, h(2, 1));
+        health.departed.insert(10, h(5, 0));
+        let extra = Extra {
+            classes: &classes,
+            health: Some(&health),
+        };
+        let s = stats(&tree, &snap, &BTreeMap::new(), &[], extra);
+        let a = &s[&10];
+        assert_eq!(a["class_lan_rx_packets"], 2 + 4);
+        assert_eq!(a["self_class_lan_rx_packets"], 0);
+        assert_eq!(a["class_lan_tx_bytes"], 300);
+        assert_eq!(a["class_other_rx_packets"], 1);
+        assert_eq!(a["self_class_other_rx_packets"], 1);
+        assert!(!a.contains_key("class_old_rx_packets"));
+        assert_eq!(a["tcp_active_opens"], 2 + 5);
+        assert_eq!(a["self_tcp_active_opens"], 0);
+        assert_eq!(a["tcp_out_rsts"], 1);
+        assert!(!a.contains_key("tcp_retrans_segs"), "a key not counted here");
+        let b = &s[&11];
+        assert_eq!(b["self_class_lan_tx_packets"], 3);
+        assert_eq!(b["self_tcp_active_opens"], 2);
+        assert_eq!(s[&1]["tcp_active_opens"], 7);
+        assert_eq!(s[&1]["class_lan_rx_packets"], 6);
     }
 }
