@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
-use cgacct_common::{maps, ClassKey, Counters, Departed, Removed};
+use cgacct_common::{health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, Removed};
 
 use crate::sys;
 
@@ -33,6 +33,7 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
             maps::DEPARTED => add_departed(pin, new)?,
             maps::CLASS_DEPARTED => add_class_departed(pin, new)?,
             maps::REMOVED => copy_removed(pin, new)?,
+            health_maps::HEALTH_STATS | health_maps::HEALTH_DEPARTED => add_health(pin, new)?,
             _ => {}
         }
     }
@@ -165,4 +166,38 @@ fn old_counters<K: aya::Pod + Ord>(old: &Path) -> Result<Vec<(K, Vec<Counters>)>
         }
     }
     Ok(out)
+}
+
+/// Adds every health count of the map pinned at `old` into `new`, of the
+/// same type: by CPU (`HEALTH_STATS` per-CPU) or the one value
+/// (`HEALTH_DEPARTED`, and `HEALTH_STATS` where shared).
+fn add_health(old: &Path, new: &mut Map) -> Result<()> {
+    let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    if data.info()?.map_type()? == MapType::Hash {
+        let old: HashMap<MapData, u64, Health> = Map::HashMap(data).try_into()?;
+        let mut new: HashMap<&mut MapData, u64, Health> = new.try_into()?;
+        let entries: Vec<(u64, Health)> = old.iter().collect::<Result<_, _>>()?;
+        for (key, mut sum) in entries {
+            if let Ok(cur) = new.get(&key, 0) {
+                sum.add(&cur);
+            }
+            sys::fault::step();
+            new.insert(key, sum, 0)?;
+        }
+        return Ok(());
+    }
+    let old: PerCpuHashMap<MapData, u64, Health> = Map::PerCpuHashMap(data).try_into()?;
+    let mut new: PerCpuHashMap<&mut MapData, u64, Health> = new.try_into()?;
+    for entry in old.iter() {
+        let (key, values) = entry?;
+        let mut sum: Vec<Health> = values.iter().copied().collect();
+        if let Ok(cur) = new.get(&key, 0) {
+            for (s, c) in sum.iter_mut().zip(cur.iter()) {
+                s.add(c);
+            }
+        }
+        sys::fault::step();
+        new.insert(key, PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
 }
