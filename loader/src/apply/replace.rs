@@ -169,13 +169,20 @@ fn old_counters<K: aya::Pod + Ord>(old: &Path) -> Result<Vec<(K, Vec<Counters>)>
 }
 
 /// Adds every health count of the map pinned at `old` into `new`, of the
-/// same type: by CPU (`HEALTH_STATS` per-CPU) or the one value
-/// (`HEALTH_DEPARTED`, and `HEALTH_STATS` where shared).
+/// same type (--migrate-maps refuses a change of type): by CPU
+/// (`HEALTH_STATS` per-CPU) or the one value (`HEALTH_DEPARTED`, and
+/// `HEALTH_STATS` where shared).
 fn add_health(old: &Path, new: &mut Map) -> Result<()> {
     let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
-    if data.info()?.map_type()? == MapType::Hash {
+    let new_data = match new {
+        Map::PerCpuHashMap(d) | Map::HashMap(d) => d,
+        _ => bail!("a health map has an unexpected type"),
+    };
+    if new_data.info()?.map_type()? == MapType::Hash {
+        // A shared map made by the loader: the object calls it per-CPU.
+        let fd = new_data.fd().as_fd().try_clone_to_owned()?;
+        let mut new: HashMap<MapData, u64, Health> = Map::HashMap(MapData::from_fd(fd)?).try_into()?;
         let old: HashMap<MapData, u64, Health> = Map::HashMap(data).try_into()?;
-        let mut new: HashMap<&mut MapData, u64, Health> = new.try_into()?;
         let entries: Vec<(u64, Health)> = old.iter().collect::<Result<_, _>>()?;
         for (key, mut sum) in entries {
             if let Ok(cur) = new.get(&key, 0) {
