@@ -5,6 +5,8 @@
 #
 #   scripts/vm-matrix.sh                    host, 6.1 and 6.12 (the full matrix)
 #   scripts/vm-matrix.sh 6.1                one kernel
+#   scripts/vm-matrix.sh 5.10               Debian 11's kernel (no cgroup iterators: degraded mode)
+#   scripts/vm-matrix.sh --tests removal:: 5.10   only the selftests matching a filter
 #   scripts/vm-matrix.sh --help
 #
 # Per VM kernel: the package is fetched from Debian's archive with apt (a
@@ -22,15 +24,17 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: scripts/vm-matrix.sh [--accel auto|kvm|tcg] [--timeout SECONDS] [--no-build] [KERNEL...]
+Usage: scripts/vm-matrix.sh [--accel auto|kvm|tcg] [--timeout SECONDS] [--no-build] [--tests FILTER] [KERNEL...]
 
 Runs the kernel selftests (cargo test's selftests binary) on each KERNEL and
-prints pass/fail and run times per kernel. Default KERNELs: host 6.1 6.12.
+prints pass/fail and run times per kernel. Default KERNELs: host 5.10 6.1 6.12.
 
 KERNEL is one of:
   host          the running kernel, natively (no VM)
   6.1           Debian 12's kernel (linux-image-amd64 from bookworm and bookworm-security)
   6.12          Debian 12 backports' kernel (linux-image-amd64 from bookworm-backports)
+  5.10          Debian 11's kernel (linux-image-amd64 from bullseye and bullseye-security):
+                no cgroup iterators, so cgacct runs without net.stat files there
   6.1-cloud     Debian 12's cloud kernel (linux-image-cloud-amd64; has no 9p: reported UNBOOTABLE)
   6.12-cloud    the backports cloud kernel (the same)
   linux-image-<version>-amd64[=<package version>]   an exact package from those suites
@@ -38,6 +42,8 @@ KERNEL is one of:
   --accel MODE     auto (default): KVM when a probe boot works, else TCG; kvm; tcg
   --timeout S      per-kernel limit for the VM run (default 600 under KVM, 1800 under TCG)
   --no-build       use the existing test build instead of running cargo
+  --tests FILTER   run only the selftests whose names contain FILTER (cargo test's
+                   filter; several words: any of them); the default is every selftest
   --help           print this help
 
 Environment: CGACCT_VM_CACHE (default target/vm: apt state, kernel packages,
@@ -47,7 +53,7 @@ Exit status: 0 when every kernel passed, 1 otherwise, 2 on bad usage.
 EOF
 }
 
-ACCEL=auto TIMEOUT='' BUILD=1 KERNELS=()
+ACCEL=auto TIMEOUT='' BUILD=1 KERNELS=() FILTER=''
 # Tests of container runtimes run on the host only: the guest's root is the
 # host's, read-only, where no runtime can keep its state. They test the
 # runtime, not the kernel, and the host run covers them.
@@ -57,6 +63,7 @@ while [ $# -gt 0 ]; do
     --accel) ACCEL=${2:-}; shift 2 ;;
     --timeout) TIMEOUT=${2:-}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --tests) FILTER=${2:-}; [ -n "$FILTER" ] || { printf 'vm-matrix: --tests needs a filter\n' >&2; exit 2; }; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     -*) printf 'vm-matrix: unknown option: %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
     *) KERNELS+=("$1"); shift ;;
@@ -64,7 +71,8 @@ while [ $# -gt 0 ]; do
 done
 case "$ACCEL" in auto | kvm | tcg) ;; *) printf 'vm-matrix: --accel must be auto, kvm or tcg\n' >&2; exit 2 ;; esac
 [[ -z "$TIMEOUT" || "$TIMEOUT" =~ ^[0-9]+$ ]] || { printf 'vm-matrix: --timeout needs seconds\n' >&2; exit 2; }
-[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12)
+[[ "$FILTER" =~ ^[A-Za-z0-9_:\ ]*$ ]] || { printf 'vm-matrix: --tests takes test name words (letters, digits, _ and ::)\n' >&2; exit 2; }
+[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 5.10 6.1 6.12)
 
 say() { printf '\n==> %s\n' "$*"; }
 info() { printf 'vm-matrix: %s\n' "$*"; }
@@ -124,13 +132,16 @@ apt_ready() {
 deb [signed-by=$key] $MIRROR bookworm main
 deb [signed-by=$key] $MIRROR bookworm-backports main
 deb [signed-by=$key] $SECURITY_MIRROR bookworm-security main
+deb [signed-by=$key] $MIRROR bullseye main
+deb [signed-by=$key] $SECURITY_MIRROR bullseye-security main
 EOF
-  local stamp="$APT_DIR/lists/updated"
+  # The stamp names the suites: a list made before a suite was added is stale.
+  local stamp="$APT_DIR/lists/updated-bookworm-bullseye"
   if [ -z "$(find "$stamp" -mmin -720 2>/dev/null)" ]; then
     info "apt-get update (private lists in $APT_DIR)"
     local opts
     mapfile -t opts < <(apt_opts)
-    apt-get "${opts[@]}" update -qq || die "apt-get update for bookworm, bookworm-backports, bookworm-security failed; check the network or set CGACCT_VM_MIRROR"
+    apt-get "${opts[@]}" update -qq || die "apt-get update for bookworm, bookworm-backports, bookworm-security, bullseye, bullseye-security failed; check the network or set CGACCT_VM_MIRROR"
     touch "$stamp"
   fi
   APT_READY=1
@@ -138,9 +149,10 @@ EOF
 
 # Sets KPKG (package), KVERSION (package version), KDIR (unpacked), KREL (uname -r).
 fetch_kernel() {
-  local spec=$1 meta='' pkg='' version='' opts line
+  local spec=$1 meta='' series='' pkg='' version='' opts line
   case "$spec" in
     6.1) meta=linux-image-amd64 ;;
+    5.10) meta=linux-image-amd64 series=5.10 ;;
     6.12) meta=linux-image-amd64/bookworm-backports ;;
     6.1-cloud) meta=linux-image-cloud-amd64 ;;
     6.12-cloud) meta=linux-image-cloud-amd64/bookworm-backports ;;
@@ -152,12 +164,19 @@ fetch_kernel() {
   mapfile -t opts < <(apt_opts)
   if [ -n "$meta" ]; then
     # The metapackage's dependency names the kernel package and version.
-    line=$(apt-cache "${opts[@]}" show --no-all-versions "$meta" 2>/dev/null | sed -n 's/^Depends: //p' | head -n1)
+    if [ -n "$series" ]; then
+      # Every version of the metapackage (bullseye's and bullseye-security's
+      # among bookworm's): the newest one depending on a $series kernel.
+      line=$(apt-cache "${opts[@]}" show "$meta" 2>/dev/null | sed -n 's/^Depends: //p' \
+        | grep -E "^linux-image-${series//./\\.}\.[0-9]+-[0-9]+-amd64 " | sort -V | tail -n1)
+    else
+      line=$(apt-cache "${opts[@]}" show --no-all-versions "$meta" 2>/dev/null | sed -n 's/^Depends: //p' | head -n1)
+    fi
     [[ "$line" =~ ^(linux-image-[^ ,]+)\ \(=\ ([^\)]+)\) ]] || die "cannot resolve $meta to a kernel package (Depends: '$line')"
     pkg=${BASH_REMATCH[1]} version=${BASH_REMATCH[2]}
   elif [ -z "$version" ]; then
     version=$(apt-cache "${opts[@]}" show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1)
-    [ -n "$version" ] || die "package $pkg not found in bookworm, bookworm-backports or bookworm-security"
+    [ -n "$version" ] || die "package $pkg not found in bookworm, bookworm-backports, bookworm-security, bullseye or bullseye-security"
   fi
   KPKG=$pkg KVERSION=$version
   KDIR="$CACHE/kernels/${pkg}_${version}"
@@ -221,7 +240,7 @@ build_initramfs() {
 CGACCT_VM_MODE=$mode
 CGACCT_VM_TESTBIN='$TESTBIN'
 CGACCT_VM_CWD='$REPO'
-CGACCT_VM_TESTARGS='--test-threads=2 --show-output $VM_SKIP'
+CGACCT_VM_TESTARGS='--test-threads=2 --show-output $VM_SKIP $FILTER'
 EOF
   (cd "$dir" && find . -print | busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$out"
   rm -rf "$dir"
@@ -339,7 +358,8 @@ for k in "${KERNELS[@]}"; do
     say "host kernel $(uname -r), natively"
     log="$CACHE/logs/host.log"
     t0=$SECONDS result=pass
-    if ! CGACCT_REQUIRE_KERNEL=1 "$TESTBIN" --test-threads=2 --show-output 2>&1 | tee "$log"; then
+    # shellcheck disable=SC2086  # the filter is words
+    if ! CGACCT_REQUIRE_KERNEL=1 "$TESTBIN" --test-threads=2 --show-output $FILTER 2>&1 | tee "$log"; then
       result=FAIL FAILED=1
     fi
     record host "$(uname -r)" native "$result" "$(test_counts "$log")" "$(tc_mode "$log")" - "$((SECONDS - t0))" "$((SECONDS - t0))"

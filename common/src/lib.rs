@@ -323,6 +323,9 @@ pub mod globals {
     pub const CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
     /// `offsetof(struct cgroup_root, hierarchy_id)` (`u32`).
     pub const CGROUP_ROOT_HIERARCHY_ID_OFFSET: &str = "CGROUP_ROOT_HIERARCHY_ID_OFFSET";
+    /// 1 when the cgroup counter maps are plain hashes shared by every CPU
+    /// (kernels without `bpf_map_lookup_percpu_elem`), 0 for per-CPU (`u32`).
+    pub const SHARED_COUNTERS: &str = "SHARED_COUNTERS";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.

@@ -18,6 +18,26 @@ use crate::spec::layout::MapSizes;
 
 pub mod health;
 
+/// What the running kernel offers, as far as the object's programs and maps
+/// are concerned: the iterator needs cgroup iterators and
+/// `bpf_map_lookup_percpu_elem`; the cgroup counter maps are per-CPU only
+/// with that helper. (Probed in `observe::kernel`, which comes later.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    /// The iterator program (`net.stat` files) can be loaded.
+    pub stats_files: bool,
+    /// The cgroup counter maps are plain hashes shared by every CPU.
+    pub shared_counters: bool,
+}
+
+impl Kernel {
+    /// A kernel with everything (6.1 and later).
+    pub const FULL: Kernel = Kernel {
+        stats_files: true,
+        shared_counters: false,
+    };
+}
+
 /// The BPF object built from programs/ by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-programs"));
 
@@ -69,6 +89,17 @@ pub const PROGRAMS: [&str; 7] = [
     prog::CGROUP_ITER,
 ];
 
+/// The programs loaded and pinned on kernel `k`, in pinning order: all of
+/// [`PROGRAMS`] but the iterator where it cannot load. The last one is
+/// pinned last and carries the build id that `observe` reads back.
+pub fn programs(k: Kernel) -> &'static [&'static str] {
+    if k.stats_files {
+        &PROGRAMS
+    } else {
+        &PROGRAMS[..PROGRAMS.len() - 1]
+    }
+}
+
 /// The BTF tracepoint programs, with the tracepoint each attaches to.
 pub const TRACEPOINTS: [(&str, &str); 2] = [
     (prog::CGROUP_RMDIR, "cgroup_rmdir"),
@@ -95,14 +126,37 @@ impl std::fmt::Display for MapShape {
     }
 }
 
+/// The maps of the cgroup counters, per-CPU or shared by kernel.
+pub const COUNTER_MAPS: [&str; 3] = [maps::CGROUP_STATS, maps::TC_CGROUP_STATS, maps::VETH_STATS];
+
+/// Every map that is per-CPU where the kernel has `bpf_map_lookup_percpu_elem`
+/// and a plain hash shared by every CPU (atomic adds) where it has not: the
+/// cgroup counter maps, the class counts and the health counts, whose
+/// removal programs must read a cgroup's whole count.
+pub const SHARED_MAPS: [&str; 5] = [
+    maps::CGROUP_STATS,
+    maps::TC_CGROUP_STATS,
+    maps::VETH_STATS,
+    maps::CLASS_STATS,
+    cgacct_common::health::maps::HEALTH_STATS,
+];
+
+/// The type of the maps in [`SHARED_MAPS`] on kernel `k`.
+pub fn counter_kind(k: Kernel) -> MapType {
+    match k.shared_counters {
+        true => MapType::Hash,
+        false => MapType::PerCpuHash,
+    }
+}
+
 /// Entries of `CLASS_STATS` and `CLASS_DEPARTED`: four classes per cgroup
 /// of `[maps] cgroups` on average.
 pub fn class_entries(sizes: &MapSizes) -> u32 {
     sizes.cgroups.saturating_mul(4).min(1 << 24)
 }
 
-/// The maps this build and layout need, by name.
-pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
+/// The maps this build and layout need on kernel `k`, by name.
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 19] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -110,18 +164,19 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
         max_entries,
     };
     let c = size_of::<Counters>();
-    let k = size_of::<ClassKey>() as u32;
+    let ck = size_of::<ClassKey>() as u32;
     let m = sizes;
+    let counters = counter_kind(k);
     [
-        (maps::CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
-        (maps::TC_CGROUP_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
+        (maps::TC_CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
         (maps::IFACE_STATS, shape(MapType::PerCpuHash, 4, c, m.interfaces)),
         (
             maps::ITER_SCRATCH,
             shape(MapType::LruHash, 8, size_of::<IterAcc>(), m.readers),
         ),
         (maps::IFACE_OWNER, shape(MapType::Hash, 4, 8, m.interfaces)),
-        (maps::VETH_STATS, shape(MapType::PerCpuHash, 8, c, m.cgroups)),
+        (maps::VETH_STATS, shape(counters, 8, c, m.cgroups)),
         (
             maps::DEPARTED,
             shape(MapType::Hash, 8, size_of::<Departed>(), m.cgroups),
@@ -158,16 +213,16 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
             maps::CLASS_CONFIG,
             shape(MapType::Array, 4, size_of::<ClassConfig>(), 1),
         ),
+        (maps::CLASS_STATS, shape(counters, ck, c, class_entries(m))),
         (
-            maps::CLASS_STATS,
-            shape(MapType::PerCpuHash, k, c, class_entries(m)),
+            maps::CLASS_DEPARTED,
+            shape(MapType::Hash, ck, c, class_entries(m)),
         ),
-        (maps::CLASS_DEPARTED, shape(MapType::Hash, k, c, class_entries(m))),
         (
             maps::CLASS_SCRATCH,
             shape(
                 MapType::LruHash,
-                k,
+                ck,
                 c,
                 m.readers.saturating_mul(2 * classes::MAX).min(1 << 24),
             ),
@@ -177,9 +232,9 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 19] {
 }
 
 /// Every map this build and layout need: [`wanted_maps`] and the health maps.
-pub fn all_wanted_maps(sizes: &MapSizes) -> Vec<(&'static str, MapShape)> {
-    let mut all = wanted_maps(sizes).to_vec();
-    all.extend(health::wanted_maps(sizes));
+pub fn all_wanted_maps(sizes: &MapSizes, k: Kernel) -> Vec<(&'static str, MapShape)> {
+    let mut all = wanted_maps(sizes, k).to_vec();
+    all.extend(health::wanted_maps(sizes, k));
     all
 }
 
@@ -220,3 +275,50 @@ pub const REBUILT_MAPS: [&str; 6] = [
     cgacct_common::health::maps::REBUILT[0],
     cgacct_common::health::maps::REBUILT[1],
 ];
+
+/// A BTF blob describing a cgroup counter map's key (`u64`, type 1) and
+/// value (`struct Counters`, type 2), for the shared counter maps the
+/// loader creates itself, so that `bpftool map dump` prints named fields
+/// for them too.
+pub fn counter_btf() -> Vec<u8> {
+    const KIND_INT: u32 = 1;
+    const KIND_STRUCT: u32 = 4;
+    let mut strings = vec![0u8];
+    let mut name = |n: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(n.as_bytes());
+        strings.push(0);
+        off
+    };
+    let (u64_name, counters_name) = (name("u64"), name("Counters"));
+    let fields = ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"].map(&mut name);
+    let mut types: Vec<u32> = vec![
+        // [1] u64: btf_type, then the int encoding (unsigned, 64 bits).
+        u64_name,
+        KIND_INT << 24,
+        8,
+        64,
+        // [2] struct Counters, its four u64 members.
+        counters_name,
+        KIND_STRUCT << 24 | fields.len() as u32,
+        size_of::<Counters>() as u32,
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        types.extend([*f, 1, i as u32 * 64]);
+    }
+    let types: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = Vec::new();
+    out.extend(0xeb9f_u16.to_ne_bytes()); // magic
+    out.extend([1, 0]); // version, flags
+    let header = [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ];
+    out.extend(header.iter().flat_map(|w| w.to_ne_bytes()));
+    out.extend(types);
+    out.extend(strings);
+    out
+}

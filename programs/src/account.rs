@@ -6,6 +6,7 @@ use cgacct_common::Counters;
 
 use crate::{
     fold::{self, Family},
+    kernel::shared_counters,
     maps::{CounterMap, OVERFLOW},
 };
 
@@ -39,7 +40,8 @@ pub fn add<K, const N: usize>(
 /// entry may be a removed cgroup whose socket lives on, and its traffic
 /// then goes to its nearest live ancestor (see [`fold::late`]), never
 /// into a new entry under the removed id. Live cgroups with an entry take
-/// the same path as in [`add`].
+/// the same path as in [`add`]. When the cgroup counter maps are shared
+/// by every CPU ([`shared_counters`]) the adds are atomic.
 #[inline(always)]
 pub fn add_cgroup<const N: usize>(
     map: &CounterMap<u64, N>,
@@ -49,16 +51,37 @@ pub fn add_cgroup<const N: usize>(
     bytes: u64,
     packets: u64,
 ) {
+    let shared = shared_counters();
     if let Some(slot) = map.get_ptr_mut(&id) {
-        // SAFETY: as in `add`.
-        bump(unsafe { &mut *slot }, dir, bytes, packets);
+        bump_in(slot, shared, dir, bytes, packets);
         return;
     }
     let c = counters(dir, bytes, packets);
     if fold::late(id, family, &c) {
         return;
     }
-    insert(map, &id, family.bucket(), dir, bytes, packets);
+    if map.insert(&id, &c, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU created the entry first, or the map is full.
+    if let Some(slot) = map.get_ptr_mut(&id) {
+        bump_in(slot, shared, dir, bytes, packets);
+        return;
+    }
+    overflow(family.bucket(), &c);
+}
+
+/// Adds one skb to the map value at `slot`: this CPU's own slot, or with
+/// atomic adds when the value is shared by every CPU.
+#[inline(always)]
+pub fn bump_in(slot: *mut Counters, shared: bool, dir: Direction, bytes: u64, packets: u64) {
+    if shared {
+        fold::add_counters(slot, &counters(dir, bytes, packets));
+    } else {
+        // SAFETY: a per-CPU slot: only this CPU writes it, and the program
+        // is not preempted while it runs.
+        bump(unsafe { &mut *slot }, dir, bytes, packets);
+    }
 }
 
 /// A first packet for `key`: a new entry, or the overflow bucket if the

@@ -19,7 +19,7 @@ use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
     classes, health,
-    kernel::{self, cgroup_id, sum_percpu},
+    kernel::{self, cgroup_id, sum_counters, sum_percpu},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
 
@@ -66,7 +66,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         return;
     };
     health::visit(id, session, seq_num);
-    let [own, own_tc, own_veth] = sum_percpu(
+    let [own, own_tc, own_veth] = sum_counters(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),

@@ -7,7 +7,9 @@
 //! `[classes]` in the layout) turns all of this off: the packet path then
 //! costs one array lookup more than without the feature.
 //!
-//! Counts live in `CLASS_STATS` by (cgroup id, class). A removed cgroup's
+//! Counts live in `CLASS_STATS` by (cgroup id, class): per CPU, or one
+//! value shared by every CPU with atomic adds where the cgroup counter
+//! maps are shared ([`shared_counters`]). A removed cgroup's
 //! class counts are folded into its parent's `CLASS_DEPARTED` entries, as
 //! its other counts are into `DEPARTED` (see [`crate::fold`]).
 use core::ptr;
@@ -20,9 +22,9 @@ use aya_ebpf::{
 use cgacct_common::{classes, ClassKey, Counters};
 
 use crate::{
-    account::{bump, counters, Direction},
+    account::{bump_in, counters, Direction},
     fold::{add_counters, dying, live_ancestor},
-    kernel::sum_percpu,
+    kernel::{shared_counters, sum_counters},
     maps::{
         CLASS_CONFIG, CLASS_DEPARTED, CLASS_NAMES, CLASS_OVERFLOW, CLASS_PREFIXES_V4, CLASS_PREFIXES_V6,
         CLASS_SCRATCH, CLASS_STATS,
@@ -89,10 +91,9 @@ pub fn count(skb: *mut __sk_buff, cgroup_id: u64, dir: Direction, bytes: u64, pa
         return;
     }
     let k = key(cgroup_id, peer_class(skb, dir));
+    let shared = shared_counters();
     if let Some(slot) = CLASS_STATS.get_ptr_mut(&k) {
-        // SAFETY: a per-CPU slot: only this CPU writes it, and the program
-        // is not preempted while it runs.
-        bump(unsafe { &mut *slot }, dir, bytes, packets);
+        bump_in(slot, shared, dir, bytes, packets);
         return;
     }
     let c = counters(dir, bytes, packets);
@@ -107,8 +108,7 @@ pub fn count(skb: *mut __sk_buff, cgroup_id: u64, dir: Direction, bytes: u64, pa
         return;
     }
     if let Some(slot) = CLASS_STATS.get_ptr_mut(&k) {
-        // SAFETY: as above.
-        bump(unsafe { &mut *slot }, dir, bytes, packets);
+        bump_in(slot, shared, dir, bytes, packets);
         return;
     }
     overflow(&c);
@@ -149,7 +149,7 @@ fn into_departed(ancestor: Option<u64>, class: u32, c: &Counters) {
 #[inline(always)]
 pub fn totals(id: u64, class: u32) -> (Counters, Counters) {
     let k = key(id, class);
-    let [own] = sum_percpu([ptr::from_ref(&CLASS_STATS).cast_mut().cast()], &k);
+    let [own] = sum_counters([ptr::from_ref(&CLASS_STATS).cast_mut().cast()], &k);
     let gone = match CLASS_DEPARTED.get_ptr(&k) {
         // SAFETY: non-NULL lookup result.
         Some(d) => unsafe { *d },

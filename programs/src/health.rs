@@ -17,7 +17,9 @@
 //! - drops: `kfree_skb` with a reason, for the receiving socket (`rx_sk`,
 //!   Linux >= 6.11) or the skb's own.
 //!
-//! Counters live in `HEALTH_STATS` (per CPU, by cgroup id); a removed
+//! Counters live in `HEALTH_STATS` (per CPU, by cgroup id; one value
+//! shared by every CPU, with atomic adds, where the cgroup counter maps are
+//! shared: [`shared_counters`]); a removed
 //! cgroup's go to its parent's `HEALTH_DEPARTED` entry at removal, and the
 //! events of its sockets that live on go to its nearest live ancestor's
 //! (through `DYING`, like the packet counters: [`crate::fold`]).
@@ -37,7 +39,7 @@ use cgacct_common::{health, Health, HealthAcc, MAX_CPUS};
 
 use crate::{
     fold::{dying, live_ancestor},
-    kernel::{cgroup_id, NR_CPUS},
+    kernel::{cgroup_id, shared_counters, NR_CPUS},
     maps::ON_DEMAND,
 };
 
@@ -191,19 +193,30 @@ fn departed(id: u64) -> Option<*mut Health> {
     HEALTH_DEPARTED.get_ptr_mut(id)
 }
 
+/// Adds `h` (one event's counts, key `key`) at `slot`: this CPU's own
+/// slot, or with atomic adds when the value is shared by every CPU.
+#[inline(always)]
+fn bump_in(slot: *mut Health, h: &Health, key: u32, n: u64) {
+    if shared_counters() {
+        add_atomic(slot, h);
+    } else {
+        // SAFETY: this CPU's slot; the program is not preempted.
+        bump(unsafe { &mut *slot }, key, n);
+    }
+}
+
 /// Counts `n` events of `key` for the cgroup `id`.
 #[inline(always)]
 fn count(id: u64, key: u32, n: u64) {
     if n == 0 {
         return;
     }
-    if let Some(slot) = HEALTH_STATS.get_ptr_mut(&id) {
-        // SAFETY: this CPU's slot; the program is not preempted.
-        bump(unsafe { &mut *slot }, key, n);
-        return;
-    }
     let mut h = Health::default();
     bump(&mut h, key, n);
+    if let Some(slot) = HEALTH_STATS.get_ptr_mut(&id) {
+        bump_in(slot, &h, key, n);
+        return;
+    }
     if let Some(d) = dying(id) {
         // A removed cgroup whose socket lives on: its nearest live ancestor.
         // SAFETY: non-NULL lookup result.
@@ -217,8 +230,7 @@ fn count(id: u64, key: u32, n: u64) {
         return;
     }
     if let Some(slot) = HEALTH_STATS.get_ptr_mut(&id) {
-        // SAFETY: as above.
-        bump(unsafe { &mut *slot }, key, n);
+        bump_in(slot, &h, key, n);
     }
 }
 
@@ -465,9 +477,19 @@ pub fn cgacct_kfree_skb(ctx: BtfTracePointContext) -> i32 {
 
 // ---- the iterator and removal ----
 
-/// Sum of every CPU's `HEALTH_STATS[id]`.
+/// Sum of every CPU's `HEALTH_STATS[id]`, or its one value when shared
+/// (the verifier then never looks at the per-CPU loop, so kernels without
+/// `bpf_map_lookup_percpu_elem` load it).
 #[inline(always)]
 fn own(id: u64) -> Health {
+    if shared_counters() {
+        return match HEALTH_STATS.get_ptr_mut(&id) {
+            // SAFETY: non-NULL lookup result (a shared value: its fields
+            // change by atomic adds only).
+            Some(p) => unsafe { *p },
+            None => Health::default(),
+        };
+    }
     let map: *mut c_void = ptr::from_ref(&HEALTH_STATS).cast_mut().cast();
     let nr_cpus = global(&NR_CPUS) as u32;
     let mut total = Health::default();

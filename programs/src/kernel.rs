@@ -3,7 +3,10 @@
 //! iterator and the removal tracepoint.
 use core::{ffi::c_void, ptr};
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_map_lookup_percpu_elem};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_map_lookup_elem, bpf_map_lookup_percpu_elem},
+};
 use cgacct_common::{Counters, MAX_CPUS};
 
 // Set by the loader before load (read-only data: the verifier sees them as
@@ -21,6 +24,22 @@ pub static KERNFS_NODE_PARENT_OFFSET: u32 = 0;
 pub static CGROUP_ROOT_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 pub static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
+/// 1 when the cgroup counter maps (`CGROUP_STATS`, `TC_CGROUP_STATS`,
+/// `VETH_STATS`) are plain hashes shared by every CPU, updated with atomic
+/// adds: on kernels without `bpf_map_lookup_percpu_elem` (< 5.19) no
+/// program can read another CPU's slot of a per-CPU map, and the removal
+/// programs must read a cgroup's whole count. The loader probes the helper
+/// and creates the maps of the matching type.
+#[unsafe(no_mangle)]
+pub static SHARED_COUNTERS: u32 = 0;
+
+/// Whether the cgroup counter maps are shared (see [`SHARED_COUNTERS`]).
+#[inline(always)]
+pub fn shared_counters() -> bool {
+    // SAFETY: read-only global.
+    unsafe { ptr::read_volatile(&SHARED_COUNTERS) != 0 }
+}
+
 /// Identity of this build, read back by the loader from the program's
 /// read-only data to tell whether the running programs are its own.
 #[unsafe(no_mangle)]
@@ -86,6 +105,29 @@ pub unsafe fn cgroup_hierarchy_id(cgroup: *const u8) -> Option<i32> {
 pub unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
     // SAFETY: as above.
     unsafe { kn_id(cgroup_kn(cgroup)?) }
+}
+
+/// The whole count of `map[key]` for each of the cgroup counter maps
+/// `maps`: the one shared value when they are shared (the verifier sees
+/// the constant and never looks at the per-CPU branch, so kernels without
+/// `bpf_map_lookup_percpu_elem` load it), else every CPU's slot summed.
+#[inline(always)]
+pub fn sum_counters<K, const M: usize>(maps: [*mut c_void; M], key: &K) -> [Counters; M] {
+    if !shared_counters() {
+        return sum_percpu(maps, key);
+    }
+    let mut total = [Counters::default(); M];
+    let mut i = 0;
+    while i < M {
+        // SAFETY: helper call with a valid map and key; NULL when absent.
+        let v = unsafe { bpf_map_lookup_elem(maps[i], ptr::from_ref(key).cast()) } as *const Counters;
+        if !v.is_null() {
+            // SAFETY: non-NULL lookup result points at a `Counters`.
+            total[i].add(unsafe { &*v });
+        }
+        i += 1;
+    }
+    total
 }
 
 /// Sum of every CPU's slot of `map[key]`, for each of `maps`: one loop

@@ -40,7 +40,7 @@ use crate::{
     classes,
     fold::{add_totals, into_departed, live_ancestor},
     health,
-    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_percpu, CGROUP2_HIERARCHY_ID},
+    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_counters, CGROUP2_HIERARCHY_ID},
     maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
 };
 
@@ -76,7 +76,7 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     let rec = REMOVED_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, not preempted while the program runs.
     let rec = unsafe { &mut *rec };
-    let [socket, tc, veth] = sum_percpu(
+    let [socket, tc, veth] = sum_counters(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
@@ -141,7 +141,7 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
     // What still sits under its id: counted after its removal while no
     // DYING entry routed it (that map full, or cgacct not loaded yet when
     // it was removed).
-    let [socket, tc, veth] = sum_percpu(
+    let [socket, tc, veth] = sum_counters(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),

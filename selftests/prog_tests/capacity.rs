@@ -53,7 +53,7 @@ fn a_full_map_counts_what_it_cannot_hold_as_overflow() {
         .iter()
         .filter_map(|id| snap.cgroups.get(id))
         .fold((0, 0), |(p, b), c| (p + c.tx_packets, b + c.tx_bytes));
-    let root = read::read_stat(&pins.stats_file("")).expect("root net.stat");
+    let root = w.root_stat();
     let over = (
         root.get("overflow_cgroup_stats_packets").copied().unwrap_or(0),
         root.get("overflow_cgroup_stats_bytes").copied().unwrap_or(0),
@@ -185,8 +185,7 @@ fn a_full_departed_map_counts_removed_totals_as_overflow() {
         sent.1 += (i + 1) * (P + 28);
         fs::remove_dir(w.cgroup_mount.join(w.cgroup(&job))).expect("rmdir job");
     }
-    let pins = Pins::new(&w.root, true);
-    let root = read::read_stat(&pins.stats_file("")).expect("root net.stat");
+    let root = w.root_stat();
     let mut kept = (0, 0, 0);
     for i in 0..PARENTS {
         let s = w.stat(&format!("p{i}.slice"));

@@ -546,3 +546,30 @@ fn a_socket_outliving_its_cgroup_counts_its_class_in_the_nearest_live_ancestor()
     let left = cgacct_pin::report::read::class_totals(&pins).expect("class counters");
     assert!(!left.contains_key(&id), "counters under the removed id: {left:?}");
 }
+
+/// The class and health counts are per-CPU hashes where the kernel has
+/// `bpf_map_lookup_percpu_elem`, and plain hashes shared by every CPU
+/// (like the cgroup counter maps) where it has not: the removal programs
+/// must read a cgroup's whole count to fold it.
+#[test]
+fn class_and_health_counts_take_the_form_of_the_counter_maps() {
+    require_kernel!();
+    use aya::maps::{MapData, MapType};
+    let w = World::new(&["a.scope"]);
+    layout_with(&w, "[classes]\ncluster = [\"10.0.0.0/8\"]\n");
+    w.apply();
+    let kind = |name: &str| {
+        let pin = cgacct_pin::bpffs::names::Pins::new(&w.root, true).map(name);
+        let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+        data.info().expect("map info").map_type().expect("map type")
+    };
+    let shared = cgacct_pin::observe::kernel::features().shared_counters();
+    let want = if shared {
+        MapType::Hash
+    } else {
+        MapType::PerCpuHash
+    };
+    for name in cgacct_pin::object::SHARED_MAPS {
+        assert_eq!(kind(name), want, "{name} (shared counters: {shared})");
+    }
+}

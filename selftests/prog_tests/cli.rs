@@ -78,6 +78,8 @@ fn patterns_that_other_globs_read_otherwise_are_refused() {
 #[test]
 fn a_middle_double_star_selects_every_depth_between() {
     require_kernel!();
+    // Which stats files a [stats] pattern makes.
+    crate::require_stats_files!();
     let w = World::new(&["a", "a/x", "a/b", "a/b/x", "a/b/c", "a/b/c/x", "x"]);
     fs::write(
         &w.layout,

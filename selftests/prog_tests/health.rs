@@ -463,3 +463,44 @@ fn removed_cgroups_fold_into_the_parent() {
     });
     finish(srv);
 }
+
+/// `apply --migrate-maps` after a `[maps] cgroups` change keeps the health
+/// counts (per-CPU, or shared where the counter maps are) as it keeps the
+/// packet counters.
+#[test]
+fn migrate_maps_keeps_health_counts() {
+    require_kernel!();
+    let w = world();
+    if said_absent(&w, "tcp_active_opens") {
+        eprintln!(
+            "SKIPPED {}: tcp_active_opens is absent on this kernel",
+            module_path!()
+        );
+        return;
+    }
+    let p = port(&w);
+    let srv = serve(&w, "srv", &acceptor(p, 2));
+    let client = format!(
+        "import socket\nfor i in range(2):\n    c=socket.create_connection(('127.0.0.1',{p}))\n    \
+         c.sendall(b'hi'); c.recv(2); c.close()\n"
+    );
+    run(&mut python_in(&w, "cli", &client));
+    finish(srv);
+    assert_eq!(w.stat("cli")["self_tcp_active_opens"], 2);
+    let text = std::fs::read_to_string(&w.layout).expect("layout");
+    std::fs::write(&w.layout, format!("{text}[maps]\ncgroups = 20000\n")).expect("layout");
+    let out = w.try_cgacct(&["apply", "--migrate-maps", w.layout_arg()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = aya::maps::MapInfo::from_pin(w.root.join("maps/health_stats")).expect("health_stats");
+    assert_eq!(info.max_entries(), 20000, "health_stats was not replaced");
+    assert_eq!(
+        w.stat("cli")["self_tcp_active_opens"],
+        2,
+        "migrate lost health counts"
+    );
+    assert_eq!(
+        w.stat("srv")["self_tcp_passive_opens"],
+        2,
+        "migrate lost health counts"
+    );
+}

@@ -234,6 +234,40 @@ const MAX_V1_STEPS: u64 = 200_000;
 /// step onto.
 const MAX_CANDIDATES: u32 = 64;
 
+/// Enables and disables the pids controller for the children of one of
+/// our cgroups: each enabling makes three files (kernfs nodes) per child,
+/// moving the cgroup2 hierarchy's next ids. Only where our subtree root
+/// may have the controller (the cgroup2 root enables it, as systemd does);
+/// it is enabled in our own cgroups only.
+struct PidsShifter {
+    /// `cgroup.subtree_control` of the parent whose children get the files.
+    control: PathBuf,
+}
+
+impl PidsShifter {
+    fn new(w: &World, parent: &str) -> Option<PidsShifter> {
+        let top = w.cgroup_mount.join(w.cgroup(""));
+        let offered = fs::read_to_string(top.join("cgroup.controllers")).ok()?;
+        if !offered.split_whitespace().any(|c| c == "pids") {
+            return None;
+        }
+        // Our subtree root passes it down to `parent`.
+        fs::write(top.join("cgroup.subtree_control"), "+pids").ok()?;
+        Some(PidsShifter {
+            control: w
+                .cgroup_mount
+                .join(w.cgroup(parent))
+                .join("cgroup.subtree_control"),
+        })
+    }
+
+    /// After the `i`th miss: on after even ones, off after odd ones.
+    fn toggle(&self, i: u32) {
+        let change = if i.is_multiple_of(2) { "+pids" } else { "-pids" };
+        fs::write(&self.control, change).expect("pids in cgroup.subtree_control");
+    }
+}
+
 /// The `cgroup_rmdir` tracepoint fires for every hierarchy, and kernfs ids
 /// are per hierarchy: a v1 cgroup with the id of a live cgroup2 cgroup is
 /// removed. Nothing about the cgroup2 cgroup may change; removing a cgroup2
@@ -256,17 +290,30 @@ fn rmdir_in_a_v1_hierarchy_leaves_cgroup2_alone() {
     let mut last = v1.mkdir(&format!("{}-p1", w.prefix));
     let stride = last.checked_sub(first).filter(|s| *s > 0).expect("v1 ids grow");
     let mut target = None;
+    // On a quiet host (a VM) nothing else makes cgroup2 nodes, and the two
+    // strides can share a factor: then the pids controller's files, enabled
+    // for jobs.slice's children now and then, shift the cgroup2 ids.
+    let shifter = PidsShifter::new(&w, "jobs.slice");
+    let mut seen = Vec::new();
     for i in 0..MAX_CANDIDATES {
         let rel = format!("jobs.slice/c{i}.scope");
         w.add_cgroup(&rel);
         let id = w.cgroup_id(&rel);
+        seen.push(id);
         if id > last && (id - last).is_multiple_of(stride) {
             target = Some((rel, id));
             break;
         }
+        if let Some(s) = &shifter {
+            s.toggle(i);
+        }
     }
     let Some((target, id)) = target else {
-        panic!("no cgroup2 id among {MAX_CANDIDATES} new cgroups is a v1 step (v1 stride {stride})");
+        panic!(
+            "no cgroup2 id among {MAX_CANDIDATES} new cgroups is a v1 step (v1 stride {stride}, \
+             last v1 id {last}, cgroup2 ids {seen:?}, pids controller to shift them: {})",
+            shifter.is_some()
+        );
     };
     let steps = (id - last) / stride;
     if steps > MAX_V1_STEPS {

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{lpm_trie::Key, lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuHashMap};
+use aya::maps::{lpm_trie::Key, lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapType, PerCpuHashMap};
 use cgacct_common::{classes, maps, ClassConfig, ClassKey, ClassName, Counters};
 
 use crate::{
@@ -58,17 +58,31 @@ pub fn clear(pins: &Pins, indices: &BTreeSet<u32>) -> Result<()> {
     if indices.is_empty() {
         return Ok(());
     }
-    let mut stats: PerCpuHashMap<MapData, ClassKey, Counters> =
-        Map::PerCpuHashMap(open(pins, maps::CLASS_STATS)?).try_into()?;
-    let keys: Vec<ClassKey> = stats
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| indices.contains(&k.class))
-        .collect();
-    for k in keys {
-        sys::fault::step();
-        // Gone already: removed by the removal program meanwhile.
-        let _ = stats.remove(&k);
+    let stats = open(pins, maps::CLASS_STATS)?;
+    if stats.info()?.map_type()? == MapType::Hash {
+        // Shared by every CPU (kernels without bpf_map_lookup_percpu_elem).
+        let mut stats: HashMap<MapData, ClassKey, Counters> = Map::HashMap(stats).try_into()?;
+        let keys: Vec<ClassKey> = stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| indices.contains(&k.class))
+            .collect();
+        for k in keys {
+            sys::fault::step();
+            let _ = stats.remove(&k);
+        }
+    } else {
+        let mut stats: PerCpuHashMap<MapData, ClassKey, Counters> = Map::PerCpuHashMap(stats).try_into()?;
+        let keys: Vec<ClassKey> = stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| indices.contains(&k.class))
+            .collect();
+        for k in keys {
+            sys::fault::step();
+            // Gone already: removed by the removal program meanwhile.
+            let _ = stats.remove(&k);
+        }
     }
     let mut gone: HashMap<MapData, ClassKey, Counters> =
         Map::HashMap(open(pins, maps::CLASS_DEPARTED)?).try_into()?;

@@ -14,26 +14,14 @@ use crate::{
     bpffs::Pins,
     object::{self, health::Hook},
     observe::health::HealthKernel,
-    spec::Layout,
     sys,
 };
 
-/// Sets the health programs' globals and their maps' sizes and pins.
-pub fn configure<'a>(
-    loader: &mut EbpfLoader<'a>,
-    k: &'a HealthKernel,
-    layout: &Layout,
-    pins: &Pins,
-    replaced: &std::collections::BTreeSet<String>,
-) {
+/// Sets the health programs' globals (their maps are sized and pinned with
+/// the others, `load::load_programs`).
+pub fn configure<'a>(loader: &mut EbpfLoader<'a>, k: &'a HealthKernel) {
     for (name, off) in &k.offsets {
         loader.override_global(name, off, true);
-    }
-    for (name, shape) in object::health::wanted_maps(&layout.maps) {
-        loader.map_max_entries(name, shape.max_entries);
-        if !replaced.contains(name) {
-            loader.map_pin_path(name, pins.map(name));
-        }
     }
 }
 

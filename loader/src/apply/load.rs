@@ -1,10 +1,11 @@
 //! Loading the object against the pinned maps and pinning its programs.
-use std::{collections::BTreeSet, fs, io::Write as _};
+use std::{collections::BTreeSet, ffi::CString, fs, io::Write as _, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{Btf, Ebpf, EbpfLoader};
 use cgacct_common::globals;
 
+use super::replace;
 use crate::{
     bpffs::Pins,
     object,
@@ -15,7 +16,8 @@ use crate::{
 
 /// Loads the object: pinned maps are reused, but those being replaced,
 /// which are created new. Programs are pinned in place of the pinned ones,
-/// the iterator last (see [`object::PROGRAMS`]).
+/// the iterator last (see [`object::PROGRAMS`]); on a kernel without
+/// cgroup iterators the iterator is not loaded.
 pub fn load_programs(
     layout: &Layout,
     pins: &Pins,
@@ -24,7 +26,10 @@ pub fn load_programs(
 ) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
+    let k = kernel::features().object();
+    let shared = u32::from(k.shared_counters);
     let build = object::this_build();
+    sys::os::raise_memlock();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(globals::NR_CPUS, &nr_cpus, true)
@@ -41,14 +46,10 @@ pub fn load_programs(
             &offsets.cgroup_root_hierarchy_id,
             true,
         )
+        .override_global(globals::SHARED_COUNTERS, &shared, true)
         .override_global(globals::BUILD_ID, &build, true);
-    for (name, shape) in object::wanted_maps(&layout.maps) {
-        loader.map_max_entries(name, shape.max_entries);
-        if !replaced.contains(name) {
-            loader.map_pin_path(name, pins.map(name));
-        }
-    }
-    super::health::configure(&mut loader, health, layout, pins, replaced);
+    pin_maps(&mut loader, layout, pins, replaced, k)?;
+    super::health::configure(&mut loader, health);
     sys::fault::step();
     let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
@@ -57,7 +58,7 @@ pub fn load_programs(
         // As `cli::say`: a closed output must not stop an apply half-way.
         let _ = writeln!(std::io::stdout().lock(), "note: {line}");
     }
-    for name in object::PROGRAMS {
+    for &name in object::programs(k) {
         let program = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
@@ -85,4 +86,62 @@ pub fn load_programs(
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
     Ok(ebpf)
+}
+
+/// Sizes every map and pins those kept at their pins. On a kernel with
+/// shared counter maps ([`object::SHARED_MAPS`]) those are made here first:
+/// the object declares per-CPU hashes, and aya takes a pinned map as it is.
+fn pin_maps(
+    loader: &mut EbpfLoader<'_>,
+    layout: &Layout,
+    pins: &Pins,
+    replaced: &BTreeSet<String>,
+    k: object::Kernel,
+) -> Result<()> {
+    for (name, shape) in object::all_wanted_maps(&layout.maps, k) {
+        loader.map_max_entries(name, shape.max_entries);
+        let pin = pins.map(name);
+        if k.shared_counters && object::SHARED_MAPS.contains(&name) {
+            let at = match replaced.contains(name) {
+                true => replace::next_pin(name, &pin),
+                false => pin,
+            };
+            shared_map(name, &at, shape, replaced.contains(name))?;
+            loader.map_pin_path(name, at);
+        } else if !replaced.contains(name) {
+            loader.map_pin_path(name, pin);
+        }
+    }
+    Ok(())
+}
+
+/// Makes the shared counter map `name` (a plain hash of `shape`) pinned at
+/// `at`, unless one is pinned there already; `fresh`: a map left there by
+/// an earlier run is replaced (a map being replaced starts empty).
+fn shared_map(name: &str, at: &Path, shape: object::MapShape, fresh: bool) -> Result<()> {
+    if at.exists() {
+        if !fresh {
+            return Ok(());
+        }
+        fs::remove_file(at).with_context(|| format!("removing {}", at.display()))?;
+    }
+    sys::fault::step();
+    // Without BTF the map would work the same, but bpftool would print it
+    // in hex; a kernel refusing this small BTF gets the map without it. The
+    // blob describes a `u64` key and `Counters` (the cgroup counter maps).
+    let counters = shape.key_size == 8 && shape.value_size as usize == size_of::<cgacct_common::Counters>();
+    let btf = match counters {
+        true => sys::bpf::btf_load(&object::counter_btf()).ok(),
+        false => None,
+    };
+    let fd = sys::bpf::hash_map_create(&sys::bpf::MapSpec {
+        name,
+        key_size: shape.key_size,
+        value_size: shape.value_size,
+        max_entries: shape.max_entries,
+        btf: btf.as_ref().map(|b| (b.as_fd(), 1, 2)),
+    })?;
+    let c = CString::new(at.as_os_str().as_encoded_bytes())?;
+    sys::bpf::obj_pin(fd.as_fd(), &c).with_context(|| format!("pinning {}", at.display()))?;
+    Ok(())
 }

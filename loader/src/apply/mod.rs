@@ -153,8 +153,9 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
     match action {
         Action::LoadPrograms { .. } => {
             s.loaded = Some(load::load_programs(layout, pins, &s.replaced, &o.held.health)?);
-            for p in object::PROGRAMS
-                .into_iter()
+            for p in object::programs(o.kernel.object())
+                .iter()
+                .copied()
                 .chain(o.held.health.programs.iter().copied())
             {
                 access::settle(&layout.access, pins, &pins.prog(p))?;

@@ -1,17 +1,27 @@
 //! Replacing a pinned map by one of a new shape, counters copied over or
 //! not.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
-use cgacct_common::{maps, ClassKey, Counters, Departed, Removed};
+use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
+use cgacct_common::{health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, Removed};
 
 use crate::sys;
+
+/// Where the map replacing `name` (pinned at `pin`) is pinned before the
+/// rename.
+pub fn next_pin(name: &str, pin: &Path) -> PathBuf {
+    pin.with_file_name(format!("{}_next", name.to_ascii_lowercase()))
+}
 
 /// Pins `new` in place of the map pinned at `pin` (an atomic rename on
 /// bpffs), adding the old counters into it first when `keep`.
 pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<()> {
-    let next = pin.with_file_name(format!("{}_next", name.to_ascii_lowercase()));
+    let next = next_pin(name, pin);
     if next.exists() {
         fs::remove_file(&next)?;
     }
@@ -23,6 +33,7 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
             maps::DEPARTED => add_departed(pin, new)?,
             maps::CLASS_DEPARTED => add_class_departed(pin, new)?,
             maps::REMOVED => copy_removed(pin, new)?,
+            health_maps::HEALTH_STATS | health_maps::HEALTH_DEPARTED => add_health(pin, new)?,
             _ => {}
         }
     }
@@ -92,14 +103,101 @@ fn copy_removed(old: &Path, new: &mut Map) -> Result<()> {
 }
 
 /// Adds every counter of the map pinned at `old` into `new`, CPU by CPU
-/// (the new programs may already have counted into it).
+/// (the new programs may already have counted into it); into its one value
+/// when `new` is shared by every CPU (a plain hash, see `object::Kernel`).
 fn add_counters<K: aya::Pod + Ord>(old: &Path, new: &mut Map) -> Result<()> {
-    let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
-    let old: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(old).try_into()?;
+    let old = old_counters::<K>(old)?;
+    let data = match new {
+        Map::PerCpuHashMap(d) | Map::HashMap(d) => d,
+        _ => bail!("a counter map has an unexpected type"),
+    };
+    if data.info()?.map_type()? == MapType::Hash {
+        let fd = data.fd().as_fd().try_clone_to_owned()?;
+        let mut new: HashMap<MapData, K, Counters> = Map::HashMap(MapData::from_fd(fd)?).try_into()?;
+        for (key, values) in old {
+            let mut sum = Counters::default();
+            values.iter().for_each(|v| sum.add(v));
+            if let Ok(cur) = new.get(&key, 0) {
+                sum.add(&cur);
+            }
+            sys::fault::step();
+            new.insert(key, sum, 0)?;
+        }
+        return Ok(());
+    }
     let mut new: PerCpuHashMap<&mut MapData, K, Counters> = new.try_into()?;
+    for (key, mut sum) in old {
+        if let Ok(cur) = new.get(&key, 0) {
+            if sum.len() != cur.len() {
+                // From a shared map: all of it on the first CPU.
+                let total = sum.iter().fold(Counters::default(), |mut t, v| {
+                    t.add(v);
+                    t
+                });
+                sum = vec![Counters::default(); cur.len()];
+                sum[0] = total;
+            }
+            for (s, c) in sum.iter_mut().zip(cur.iter()) {
+                s.add(c);
+            }
+        }
+        sys::fault::step();
+        new.insert(key, PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
+}
+
+/// Every entry of the counter map pinned at `old`: its CPUs' values, or
+/// its one value when it is shared.
+fn old_counters<K: aya::Pod + Ord>(old: &Path) -> Result<Vec<(K, Vec<Counters>)>> {
+    let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let mut out = Vec::new();
+    if data.info()?.map_type()? == MapType::Hash {
+        let map: HashMap<MapData, K, Counters> = Map::HashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, v) = entry?;
+            out.push((key, vec![v]));
+        }
+    } else {
+        let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, values) = entry?;
+            out.push((key, values.iter().copied().collect()));
+        }
+    }
+    Ok(out)
+}
+
+/// Adds every health count of the map pinned at `old` into `new`, of the
+/// same type (--migrate-maps refuses a change of type): by CPU
+/// (`HEALTH_STATS` per-CPU) or the one value (`HEALTH_DEPARTED`, and
+/// `HEALTH_STATS` where shared).
+fn add_health(old: &Path, new: &mut Map) -> Result<()> {
+    let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let new_data = match new {
+        Map::PerCpuHashMap(d) | Map::HashMap(d) => d,
+        _ => bail!("a health map has an unexpected type"),
+    };
+    if new_data.info()?.map_type()? == MapType::Hash {
+        // A shared map made by the loader: the object calls it per-CPU.
+        let fd = new_data.fd().as_fd().try_clone_to_owned()?;
+        let mut new: HashMap<MapData, u64, Health> = Map::HashMap(MapData::from_fd(fd)?).try_into()?;
+        let old: HashMap<MapData, u64, Health> = Map::HashMap(data).try_into()?;
+        let entries: Vec<(u64, Health)> = old.iter().collect::<Result<_, _>>()?;
+        for (key, mut sum) in entries {
+            if let Ok(cur) = new.get(&key, 0) {
+                sum.add(&cur);
+            }
+            sys::fault::step();
+            new.insert(key, sum, 0)?;
+        }
+        return Ok(());
+    }
+    let old: PerCpuHashMap<MapData, u64, Health> = Map::PerCpuHashMap(data).try_into()?;
+    let mut new: PerCpuHashMap<&mut MapData, u64, Health> = new.try_into()?;
     for entry in old.iter() {
         let (key, values) = entry?;
-        let mut sum: Vec<Counters> = values.iter().copied().collect();
+        let mut sum: Vec<Health> = values.iter().copied().collect();
         if let Ok(cur) = new.get(&key, 0) {
             for (s, c) in sum.iter_mut().zip(cur.iter()) {
                 s.add(c);

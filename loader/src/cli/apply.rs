@@ -67,6 +67,9 @@ pub fn run(a: Args) -> Result<Done, Failure> {
             layout.root.display()
         ));
     }
+    if let Some(note) = super::no_stats_files_note(&o.kernel) {
+        say(note);
+    }
     if !o.pins.dots {
         say("note: this kernel's bpffs refuses '.' in names: dots are written %2e");
     }

@@ -150,6 +150,9 @@ pub fn main() -> ExitCode {
     ) {
         sys::os::default_sigpipe();
     }
+    // Kernels before 5.11 charge BPF objects, the probes' included, to
+    // RLIMIT_MEMLOCK.
+    sys::os::raise_memlock();
     let detailed = match &cli.command {
         Command::Apply(a) => a.opts.detailed_exitcode,
         Command::Plan(p) => p.opts.detailed_exitcode,
@@ -182,6 +185,26 @@ pub fn main() -> ExitCode {
 /// not stop its work.
 pub fn say(line: impl Display) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// What `apply` and `watch` say once on a kernel without cgroup
+/// iterators (or without the helper the iterator needs).
+pub fn no_stats_files_note(k: &crate::observe::kernel::Features) -> Option<String> {
+    if k.stats_files() {
+        return None;
+    }
+    Some(format!(
+        "note: no net.stat files on this kernel: they need Linux >= 6.1 (cgroup iterators{}). \
+         Everything else is loaded and attached, and `status`, `top`, `export` and `removed` \
+         show the same counters (`status --json`: every cgroup's net.stat keys, subtree \
+         included, under \"stats\")",
+        match k.percpu_lookup {
+            true => "",
+            false =>
+                ", and bpf_map_lookup_percpu_elem of Linux >= 5.19: the cgroup counter \
+                     maps here are shared hashes with atomic adds",
+        }
+    ))
 }
 
 /// Restores `/sys/kernel/rcu_expedited` where a killed run left it on

@@ -37,6 +37,9 @@ pub fn run(a: Args) -> Result<Done, Failure> {
         keep_removed: Duration::from_secs(a.keep_removed),
     };
     super::restore_rcu();
+    if let Some(note) = super::no_stats_files_note(&crate::observe::kernel::features()) {
+        super::say(note);
+    }
     let watcher = Watcher::start(layout, opts)?;
     watcher.run().map_err(Failure::Stopped)?;
     Ok(Done::Unchanged)

@@ -236,6 +236,7 @@ impl Watcher {
             links: &held,
             programs: &self.obs.held.programs,
             reload: false,
+            stats_files: self.obs.kernel.stats_files(),
         };
         let mut h = Hooks::default();
         for change in cgroups {

@@ -92,8 +92,8 @@ pub fn program(name: &str) -> Option<Program> {
     PROGRAMS.into_iter().find(|p| p.name == name)
 }
 
-/// The health maps this build and layout need.
-pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 6] {
+/// The health maps this build and layout need on kernel `k`.
+pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapShape); 6] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -104,7 +104,7 @@ pub fn wanted_maps(sizes: &MapSizes) -> [(&'static str, MapShape); 6] {
     [
         (
             maps::HEALTH_STATS,
-            shape(MapType::PerCpuHash, 8, h, sizes.cgroups),
+            shape(super::counter_kind(k), 8, h, sizes.cgroups),
         ),
         (maps::HEALTH_DEPARTED, shape(MapType::Hash, 8, h, sizes.cgroups)),
         (

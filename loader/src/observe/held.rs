@@ -12,7 +12,6 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{maps::MapInfo, programs::ProgramInfo};
-use cgacct_common::programs as prog;
 
 use super::host::{Cgroup, Interface};
 use crate::{
@@ -97,6 +96,7 @@ pub fn read(
     interfaces: &[Interface],
     cgroups: &[Cgroup],
     cgroup_mount: &Path,
+    k: object::Kernel,
 ) -> Result<Held> {
     let mut held = Held::default();
     let health_programs = object::health::PROGRAMS.iter().map(|p| p.name);
@@ -125,8 +125,12 @@ pub fn read(
             },
         );
     }
-    if held.programs.contains_key(prog::CGROUP_ITER) {
-        held.build = running_build(&pins.prog(prog::CGROUP_ITER))?;
+    // The program pinned last carries the build (the iterator, where this
+    // kernel has it).
+    if let Some(last) = object::programs(k).last() {
+        if held.programs.contains_key(last) {
+            held.build = running_build(&pins.prog(last))?;
+        }
     }
     // The walk just saw these: no stat of each again. One removed since
     // reads as no link, and is dropped if it is gone.

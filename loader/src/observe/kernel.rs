@@ -1,23 +1,124 @@
 //! Facts about the running kernel that the programs need at load time:
 //! struct offsets from its BTF (Rust BPF programs get no CO-RE relocations,
-//! so nothing about kernel layout is baked in at build time) and the CPU count.
+//! so nothing about kernel layout is baked in at build time), the CPU count,
+//! and what it offers that cgacct can do without ([`Features`]).
+use std::sync::OnceLock;
+
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, Type};
+use serde::Serialize;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offsets the programs use to read `cgroup->kn->id`, the parent's id and
-/// `cgroup->root->hierarchy_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Offsets {
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
-    /// `kernfs_node.__parent` (named `parent` before Linux 6.15).
-    pub kernfs_node_parent: u32,
-    /// `cgroup.root`: the `struct cgroup_root` of the cgroup's hierarchy.
-    pub cgroup_root: u32,
-    /// `cgroup_root.hierarchy_id` (`int`; 0 is cgroup2, the default hierarchy).
-    pub cgroup_root_hierarchy_id: u32,
+/// Names features to treat as missing although the kernel has them
+/// (comma-separated: `cgroup_iter`, `percpu_lookup`), so the selftests
+/// exercise the paths of older kernels on any kernel. Never adds one.
+pub const HIDE_ENV: &str = "CGACCT_HIDE_KERNEL_FEATURES";
+
+/// What the running kernel offers that cgacct can do without, probed in
+/// its BTF (what the kernel itself declares), never from its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Features {
+    /// Cgroup iterators (`bpf_iter_cgroup`, Linux >= 6.1): the `net.stat`
+    /// files.
+    pub cgroup_iter: bool,
+    /// `bpf_map_lookup_percpu_elem` (Linux >= 5.19): programs can sum a
+    /// per-CPU map's slots, so the counter maps can be per-CPU.
+    pub percpu_lookup: bool,
+}
+
+impl Features {
+    /// Everything: what the planners' unit tests assume.
+    pub const ALL: Features = Features {
+        cgroup_iter: true,
+        percpu_lookup: true,
+    };
+
+    /// Whether `net.stat` files can be pinned: the iterator program also
+    /// sums per-CPU slots.
+    pub fn stats_files(&self) -> bool {
+        self.cgroup_iter && self.percpu_lookup
+    }
+
+    /// Whether the cgroup counter maps are plain hashes shared by every
+    /// CPU (atomic adds) instead of per-CPU hashes.
+    pub fn shared_counters(&self) -> bool {
+        !self.percpu_lookup
+    }
+
+    /// What the object's programs and maps are on this kernel.
+    pub fn object(&self) -> crate::object::Kernel {
+        crate::object::Kernel {
+            stats_files: self.stats_files(),
+            shared_counters: self.shared_counters(),
+        }
+    }
+
+    /// What this kernel lacks, for messages; None when nothing.
+    pub fn missing(&self) -> Option<String> {
+        let mut out = Vec::new();
+        if !self.cgroup_iter {
+            out.push("cgroup iterators (Linux >= 6.1): no net.stat files");
+        }
+        if !self.percpu_lookup {
+            out.push(
+                "bpf_map_lookup_percpu_elem (Linux >= 5.19): the cgroup counter maps are shared \
+                 hashes with atomic adds instead of per-CPU hashes",
+            );
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+}
+
+/// The running kernel's [`Features`], probed once per process. A kernel
+/// whose BTF cannot be read is taken to have none of them (loading then
+/// fails on the BTF, with the reason).
+pub fn features() -> Features {
+    static F: OnceLock<Features> = OnceLock::new();
+    *F.get_or_init(|| {
+        let probed = match open_btf() {
+            Ok(btf) => Features {
+                cgroup_iter: has_type(&btf, "bpf_iter_cgroup"),
+                percpu_lookup: has_enum_value(&btf, "bpf_func_id", "BPF_FUNC_map_lookup_percpu_elem"),
+            },
+            Err(_) => Features {
+                cgroup_iter: false,
+                percpu_lookup: false,
+            },
+        };
+        hide(probed, std::env::var(HIDE_ENV).unwrap_or_default().as_str())
+    })
+}
+
+/// `f` without the features named in `list` (see [`HIDE_ENV`]).
+pub fn hide(mut f: Features, list: &str) -> Features {
+    for name in list.split(',').map(str::trim) {
+        match name {
+            "cgroup_iter" => f.cgroup_iter = false,
+            "percpu_lookup" => f.percpu_lookup = false,
+            _ => {}
+        }
+    }
+    f
+}
+
+fn has_type(btf: &Btf, name: &str) -> bool {
+    matches!(btf.resolve_types_by_name(name), Ok(types) if !types.is_empty())
+}
+
+/// Whether enum `enum_name` has a member `member`: a helper the kernel
+/// knows has its `BPF_FUNC_*` value in `enum bpf_func_id`.
+fn has_enum_value(btf: &Btf, enum_name: &str, member: &str) -> bool {
+    let Ok(types) = btf.resolve_types_by_name(enum_name) else {
+        return false;
+    };
+    types.iter().any(|t| match t {
+        Type::Enum(e) => e
+            .members
+            .iter()
+            .any(|m| btf.resolve_name(m).is_ok_and(|n| n == member)),
+        _ => false,
+    })
 }
 
 /// The running kernel's BTF.
@@ -39,9 +140,22 @@ pub fn open_btf() -> Result<Btf> {
         })
 }
 
+/// Offsets the programs use to read `cgroup->kn->id`, the parent's id and
+/// `cgroup->root->hierarchy_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `kernfs_node.__parent` (named `parent` before Linux 6.15).
+    pub kernfs_node_parent: u32,
+    /// `cgroup.root`: the `struct cgroup_root` of the cgroup's hierarchy.
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id` (`int`; 0 is cgroup2, the default hierarchy).
+    pub cgroup_root_hierarchy_id: u32,
+}
+
 pub fn offsets() -> Result<Offsets> {
     let btf = open_btf()?;
-    require_cgroup_iter(&btf)?;
     Ok(Offsets {
         cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
         kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
@@ -50,20 +164,6 @@ pub fn offsets() -> Result<Offsets> {
         cgroup_root: member_offset(&btf, "cgroup", "root")?,
         cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
     })
-}
-
-/// cgacct's net.stat files are cgroup iterators (Linux >= 6.1, which also
-/// has every helper the programs call). A kernel without them has no
-/// `bpf_iter_cgroup` in its BTF; say so instead of failing inside the loader.
-fn require_cgroup_iter(btf: &Btf) -> Result<()> {
-    match btf.resolve_types_by_name("bpf_iter_cgroup") {
-        Ok(types) if !types.is_empty() => Ok(()),
-        _ => bail!(
-            "this kernel has no cgroup iterator (bpf_iter_cgroup is not in {VMLINUX_BTF}): \
-             cgacct's net.stat files need Linux >= 6.1 with CONFIG_CGROUPS and BPF iterators; \
-             the kernels cgacct is tested on are listed in README.md (Supported kernels)"
-        ),
-    }
 }
 
 /// Byte offset of `strukt.member`, looking into anonymous structs and unions.
@@ -104,7 +204,7 @@ pub fn nr_cpus() -> Result<u32> {
     let n = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
     if n > cgacct_common::MAX_CPUS {
         bail!(
-            "this host has {n} possible CPUs; cgacct's iterator sums at most {}",
+            "this host has {n} possible CPUs; cgacct's programs sum at most {}",
             cgacct_common::MAX_CPUS
         );
     }

@@ -62,6 +62,8 @@ pub struct Observed {
     /// Files and directories under the root.
     pub tree: Tree,
     pub held: Held,
+    /// What the running kernel offers (probed; see [`kernel::Features`]).
+    pub kernel: kernel::Features,
     /// What the layout asks of TC (`[tc] attach`).
     pub tc_preference: tc::Preference,
     /// How TC attaches, decided the first time it is needed: probing the
@@ -97,6 +99,7 @@ impl Observed {
             interfaces,
             tree: Tree::default(),
             held: Held::default(),
+            kernel: kernel::features(),
             tc_preference: layout.tc_attach,
             tc: std::cell::OnceCell::new(),
         };
@@ -104,7 +107,8 @@ impl Observed {
         Ok(o)
     }
 
-    /// An observed state made by hand (tests of the planners).
+    /// An observed state made by hand (tests of the planners), on a kernel
+    /// with every feature (set `kernel` for another).
     pub fn new(
         pins: Pins,
         interfaces: Vec<Interface>,
@@ -119,6 +123,7 @@ impl Observed {
             cgroups,
             tree,
             held,
+            kernel: kernel::Features::ALL,
             tc_preference: tc::Preference::Auto,
             tc: std::cell::OnceCell::new(),
         }
@@ -143,6 +148,7 @@ impl Observed {
             &self.interfaces,
             &self.cgroups,
             &self.cgroup_mount,
+            self.kernel.object(),
         )
         .context("reading what the kernel holds under the root")?;
         Ok(())

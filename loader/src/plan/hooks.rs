@@ -37,6 +37,8 @@ pub struct Ctx<'a> {
     pub programs: &'a BTreeMap<&'static str, HeldProgram>,
     /// Whether the programs are loaded again by this plan.
     pub reload: bool,
+    /// Whether this kernel gets stats files (cgroup iterators).
+    pub stats_files: bool,
 }
 
 /// The actions of some planners, and the links they keep: those are moved
@@ -175,7 +177,7 @@ impl Hooks {
         if c.layout.cgroup_skb_attach.iter().any(|p| p.matches(&cg.path)) {
             self.cgroup_skb(c, cg);
         }
-        if c.layout.stats_cgroups.iter().any(|p| p.matches(&cg.path)) {
+        if c.stats_files && c.layout.stats_cgroups.iter().any(|p| p.matches(&cg.path)) {
             self.stats(c, cg);
         }
     }

@@ -35,8 +35,9 @@ pub use check::{check_names, unmatched, Unmatched};
 /// the pinned programs, strays detached, maps swapped, class tables
 /// written, access settled.
 pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action>> {
-    let replace_maps = programs::replace_maps(layout, &o.pins, &o.held, maps)?;
-    let reason = programs::load_reason(&o.held, !replace_maps.is_empty());
+    let k = o.kernel.object();
+    let replace_maps = programs::replace_maps(layout, &o.pins, &o.held, maps, k)?;
+    let reason = programs::load_reason(&o.held, !replace_maps.is_empty(), k);
     let reload = reason.is_some();
     let mut actions: Vec<Action> = reason
         .map(|reason| Action::LoadPrograms { reason })
@@ -51,6 +52,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         links: &o.held.links,
         programs: &o.held.programs,
         reload,
+        stats_files: k.stats_files,
     };
     let mut h = hooks::Hooks::default();
     let tc: Vec<_> = o
@@ -79,7 +81,12 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .collect();
     h.cgroup_skb_unwanted(&c, &o.cgroups, &want);
 
-    let stats = listed(&layout.stats_cgroups);
+    // Without cgroup iterators there are no stats files: the readers
+    // compute the same sums from the maps.
+    let stats = match k.stats_files {
+        true => listed(&layout.stats_cgroups),
+        false => Vec::new(),
+    };
     stats.iter().for_each(|cg| h.stats(&c, cg));
     let want: BTreeSet<_> = stats.iter().map(|cg| o.pins.stats_file(&cg.path)).collect();
     h.stats_unwanted(&c, &o.cgroups, &want);

@@ -7,16 +7,16 @@ use cgacct_common::programs as prog;
 use super::action::{Action, MapPolicy};
 use crate::{
     bpffs::Pins,
-    object::{self, all_wanted_maps, PROGRAMS, REBUILT_MAPS, TRACEPOINTS},
+    object::{self, all_wanted_maps, Kernel, REBUILT_MAPS, TRACEPOINTS},
     observe::Held,
     spec::Layout,
 };
 
 /// Why the programs are loaded again, if they are: missing programs or
 /// maps, maps being replaced, or another build running.
-pub fn load_reason(held: &Held, replacing_maps: bool) -> Option<String> {
+pub fn load_reason(held: &Held, replacing_maps: bool, k: Kernel) -> Option<String> {
     let this = object::this_build();
-    if PROGRAMS.iter().any(|p| !held.programs.contains_key(p)) || super::health::missing(held) {
+    if object::programs(k).iter().any(|p| !held.programs.contains_key(p)) || super::health::missing(held) {
         Some("programs are missing".to_string())
     } else if object::all_maps().any(|m| !held.maps.contains_key(m)) {
         let missing: Vec<&str> = object::all_maps()
@@ -62,9 +62,15 @@ pub fn tracing_links(pins: &Pins, held: &Held, reload: bool) -> Vec<Action> {
 }
 
 /// Pinned maps whose shape differs from what this build and layout need.
-pub fn replace_maps(layout: &Layout, pins: &Pins, held: &Held, policy: MapPolicy) -> Result<Vec<Action>> {
+pub fn replace_maps(
+    layout: &Layout,
+    pins: &Pins,
+    held: &Held,
+    policy: MapPolicy,
+    k: Kernel,
+) -> Result<Vec<Action>> {
     let mut out = Vec::new();
-    for (name, want) in all_wanted_maps(&layout.maps) {
+    for (name, want) in all_wanted_maps(&layout.maps, k) {
         let Some(have) = held.maps.get(name).copied() else {
             continue;
         };

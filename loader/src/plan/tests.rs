@@ -7,7 +7,7 @@ use super::{plan, Action, MapPolicy};
 use crate::{
     bpffs::{walk::Entry, walk::Tree, Direction, Pins},
     object::{self, PROGRAMS},
-    observe::{held::HeldProgram, Cgroup, Held, Interface, Observed},
+    observe::{held::HeldProgram, kernel::Features, Cgroup, Held, Interface, Observed},
     spec::Layout,
     sys::bpf::{LinkState, LinkTarget, CGROUP_EGRESS, CGROUP_INGRESS, TCX_EGRESS, TCX_INGRESS},
 };
@@ -65,7 +65,9 @@ fn converged(l: &Layout) -> Held {
         id(prog::CGROUP_RMDIR),
         id(prog::CGROUP_RELEASE),
     );
-    held.maps = object::all_wanted_maps(&l.maps).into_iter().collect();
+    held.maps = object::all_wanted_maps(&l.maps, object::Kernel::FULL)
+        .into_iter()
+        .collect();
     let tcx = |attach_type| LinkTarget::Tcx {
         ifindex: 7,
         attach_type,
@@ -152,6 +154,57 @@ fn from_nothing_everything_is_made_in_order() {
         matches!(&actions[8], Action::PinStats { id: 11, pin, replace: None, .. }
         if pin.as_path() == Path::new("/sys/fs/bpf/t/app/web/net.stat"))
     );
+}
+
+/// A kernel without cgroup iterators (nor `bpf_map_lookup_percpu_elem`).
+const NO_ITER: Features = Features {
+    cgroup_iter: false,
+    percpu_lookup: false,
+};
+
+/// [`converged`] on a kernel without iterators: no iterator program, no
+/// stats files, shared counter maps.
+fn converged_without_iterators(l: &Layout) -> Held {
+    let p = pins();
+    let mut held = converged(l);
+    held.programs.remove(prog::CGROUP_ITER);
+    held.links.remove(&p.stats_file("app"));
+    held.links.remove(&p.stats_file("app/web"));
+    held.maps = object::all_wanted_maps(&l.maps, NO_ITER.object())
+        .into_iter()
+        .collect();
+    held
+}
+
+#[test]
+fn without_cgroup_iterators_everything_but_stats_files_is_made() {
+    let l = layout("");
+    let mut o = observed(Held::default(), Tree::default());
+    o.kernel = NO_ITER;
+    let actions = plan(&l, &o, MapPolicy::Refuse).expect("plan");
+    assert_eq!(
+        kinds(&actions),
+        [
+            "load_programs",
+            "attach_rmdir",
+            "attach_release",
+            "attach_tc",
+            "attach_tc",
+            "attach_cgroup",
+            "attach_cgroup",
+        ]
+    );
+    let mut o = observed(converged_without_iterators(&l), Tree::default());
+    o.kernel = NO_ITER;
+    assert_eq!(plan(&l, &o, MapPolicy::Refuse).expect("plan"), []);
+    // The counter maps are shared hashes there: per-CPU ones would be
+    // replaced (refused without a map policy).
+    let mut o = observed(converged(&l), Tree::default());
+    o.kernel = NO_ITER;
+    o.held.links.remove(&pins().stats_file("app"));
+    o.held.links.remove(&pins().stats_file("app/web"));
+    let err = plan(&l, &o, MapPolicy::Refuse).expect_err("per-CPU maps on a kernel without the helper");
+    assert!(format!("{err:#}").contains("cgroup_stats"), "{err:#}");
 }
 
 #[test]

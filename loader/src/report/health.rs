@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap};
 use cgacct_common::{
     health::{self, maps},
     Health,
@@ -67,13 +67,22 @@ pub fn read(pins: &Pins) -> Result<Option<HealthSnap>> {
         keys: state.get(&health::state::KEYS, 0)?,
         ..HealthSnap::default()
     };
-    let own: PerCpuHashMap<MapData, u64, Health> =
-        Map::PerCpuHashMap(open(&pins.map(maps::HEALTH_STATS))?).try_into()?;
-    for entry in own.iter() {
-        let (id, per_cpu) = entry?;
-        let mut total = Health::default();
-        per_cpu.iter().for_each(|h| total.add(h));
-        snap.own.insert(id, total);
+    let own = open(&pins.map(maps::HEALTH_STATS))?;
+    if own.info()?.map_type()? == MapType::Hash {
+        // Shared by every CPU (kernels without bpf_map_lookup_percpu_elem).
+        let own: HashMap<MapData, u64, Health> = Map::HashMap(own).try_into()?;
+        for entry in own.iter() {
+            let (id, h) = entry?;
+            snap.own.insert(id, h);
+        }
+    } else {
+        let own: PerCpuHashMap<MapData, u64, Health> = Map::PerCpuHashMap(own).try_into()?;
+        for entry in own.iter() {
+            let (id, per_cpu) = entry?;
+            let mut total = Health::default();
+            per_cpu.iter().for_each(|h| total.add(h));
+            snap.own.insert(id, total);
+        }
     }
     let departed: HashMap<MapData, u64, Health> =
         Map::HashMap(open(&pins.map(maps::HEALTH_DEPARTED))?).try_into()?;

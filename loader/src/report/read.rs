@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap};
 use cgacct_common::{maps, ClassKey, Counters};
 
 use crate::{
@@ -12,9 +12,11 @@ use crate::{
     sys,
 };
 
-/// Every key of a pinned per-CPU counters map, with its CPU slots summed.
-/// Reads the map in batches (a few syscalls for the whole map); kernels
-/// without `BPF_MAP_LOOKUP_BATCH` (< 5.6) are read key by key.
+/// Every key of a pinned counters map, with its CPU slots summed (a
+/// per-CPU hash), or its one value (a hash shared by every CPU, on kernels
+/// without `bpf_map_lookup_percpu_elem`). Reads the map in batches (a few
+/// syscalls for the whole map); kernels without `BPF_MAP_LOOKUP_BATCH`
+/// (< 5.6) are read key by key.
 pub fn map_totals<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     match map_totals_batch(path)? {
         Some(totals) => Ok(totals),
@@ -37,7 +39,10 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMa
             info.value_size()
         );
     }
-    let cpus = kernel::nr_cpus()? as usize;
+    let cpus = match info.map_type()? {
+        MapType::Hash => 1,
+        _ => kernel::nr_cpus()? as usize,
+    };
     // Per-CPU values come out as `cpus` values, each padded to 8 bytes
     // (Counters is 32 bytes: no padding).
     let stride = value_size.next_multiple_of(8) * cpus;
@@ -80,8 +85,16 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMa
 /// [`map_totals`] key by key (two syscalls per key), as aya iterates.
 pub fn map_totals_by_key<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
     let mut out = BTreeMap::new();
+    if data.info()?.map_type()? == MapType::Hash {
+        let map: HashMap<MapData, K, Counters> = Map::HashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, v) = entry?;
+            out.insert(key, v);
+        }
+        return Ok(out);
+    }
+    let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
     for entry in map.iter() {
         let (key, values) = entry?;
         let mut total = Counters::default();

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{
     capacity::{self, Capacity},
     read::{self, Snapshot},
+    subtree,
 };
 use crate::{
     bpffs::{names, walk::Tree, Pins},
@@ -17,6 +18,7 @@ use crate::{
     observe::{
         held, host,
         identity::identify,
+        kernel,
         runtime::{self, Table},
     },
     tc,
@@ -31,7 +33,11 @@ struct Status {
     tc_links: Vec<std::path::PathBuf>,
     cgroup_links: Vec<std::path::PathBuf>,
     stats_files: usize,
+    /// What the running kernel offers (no stats files without iterators).
+    kernel: kernel::Features,
     snap: Snapshot,
+    /// Every live cgroup's `net.stat` keys, computed from the maps.
+    stats: BTreeMap<u64, BTreeMap<String, u64>>,
     capacity: Capacity,
     names: BTreeMap<u64, String>,
     /// What the container runtimes say about the cgroups.
@@ -51,26 +57,42 @@ impl Status {
         }
         let pins = Pins::new(root, names::probe_dots(root)?);
         let tree = Tree::read(&pins)?;
-        let iter_pin = pins.prog(cgacct_common::programs::CGROUP_ITER);
-        let build = match iter_pin.exists() {
-            true => held::running_build(&iter_pin)?,
-            false => None,
+        let k = kernel::features();
+        let programs = object::programs(k.object());
+        // The program pinned last carries the build.
+        let build = match programs.last().map(|p| pins.prog(p)) {
+            Some(pin) if pin.exists() => held::running_build(&pin)?,
+            _ => None,
         };
+        let cgroups = host::cgroups(&host::cgroup2_mount()?)?;
+        let snap = read::snapshot(&pins).context("reading the pinned maps")?;
+        let capacity = capacity::read(&pins).context("reading how full the maps are")?;
+        let departed = subtree::departed(&pins).context("reading the totals of removed cgroups")?;
+        let health = super::health::read(&pins).context("reading the health maps")?;
+        let classes = subtree::classes(&pins).context("reading the class tables")?;
         Ok(Status {
             root: root.to_path_buf(),
             build: build.map(|b| format!("{b:016x}")),
             this_build: format!("{:016x}", object::this_build()),
-            programs: object::PROGRAMS
-                .iter()
-                .map(|p| (*p, pins.prog(p).exists()))
-                .collect(),
+            programs: programs.iter().map(|p| (*p, pins.prog(p).exists())).collect(),
             tc_links: tree.two_level(&pins.tc_links()),
             cgroup_links: tree.two_level(&pins.cgroup_links()),
             stats_files: tree.stats_files(&pins).len(),
-            snap: read::snapshot(&pins).context("reading the pinned maps")?,
-            capacity: capacity::read(&pins).context("reading how full the maps are")?,
-            health: super::health::read(&pins).context("reading the health maps")?,
-            names: host::cgroup_names(&host::cgroup2_mount()?)?,
+            kernel: k,
+            stats: subtree::stats(
+                &cgroups,
+                &snap,
+                &departed,
+                &capacity.overflow,
+                subtree::Extra {
+                    classes: &classes,
+                    health: health.as_ref(),
+                },
+            ),
+            snap,
+            health,
+            capacity,
+            names: cgroups.iter().map(|c| (c.id, c.display())).collect(),
             runtimes: runtime::ask_for(root),
             ifnames: host::interfaces()?
                 .into_iter()
@@ -156,6 +178,8 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
         "build": s.build, "this_build": s.this_build,
         "programs": s.programs.iter().map(|(p, ok)| json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
         "tc_links": s.tc_links, "cgroup_links": s.cgroup_links, "stats_files": s.stats_files,
+        "kernel": s.kernel,
+        "stats": s.stats.iter().map(|(id, keys)| (s.cgroup_name(*id), json!(keys))).collect::<serde_json::Map<_, _>>(),
         "tc_attach": tc,
         "cgroups": by_cgroup(&s.snap.cgroups, true),
         "tc_cgroups": by_cgroup(&s.snap.tc_cgroups, false),
@@ -188,7 +212,13 @@ fn print_text(s: &Status, tc: &tc::Choice) {
     for l in s.tc_links.iter().chain(&s.cgroup_links) {
         println!("link {}", l.display());
     }
-    println!("stats files: {}", s.stats_files);
+    match s.kernel.stats_files() {
+        true => println!("stats files: {}", s.stats_files),
+        false => println!(
+            "stats files: none on this kernel (net.stat needs Linux >= 6.1: cgroup iterators); \
+             `status --json` has every cgroup's net.stat keys under \"stats\""
+        ),
+    }
     let by_cgroup = |m: &BTreeMap<u64, Counters>| -> Vec<_> {
         m.iter()
             .map(|(id, c)| (id.to_string(), *c, s.label(*id)))

@@ -5,7 +5,8 @@
 //! detaching a link, querying and detaching what is attached to a cgroup or
 //! interface hook, reading a map value of a size known only at run time,
 //! reading a map in batches (`BPF_MAP_LOOKUP_BATCH`), counting a map's
-//! keys of a size known only at run time, probing for TCX,
+//! keys of a size known only at run time, creating a hash map of a type the
+//! object does not declare, probing for TCX,
 //! and telling what kind of object a bpffs pin holds. Every error names the
 //! command that failed ([`SysError`]).
 use std::{
@@ -55,6 +56,8 @@ fn name(cmd: bpf_cmd) -> &'static str {
         bpf_cmd::BPF_MAP_LOOKUP_ELEM => "bpf(BPF_MAP_LOOKUP_ELEM)",
         bpf_cmd::BPF_MAP_LOOKUP_BATCH => "bpf(BPF_MAP_LOOKUP_BATCH)",
         bpf_cmd::BPF_MAP_GET_NEXT_KEY => "bpf(BPF_MAP_GET_NEXT_KEY)",
+        bpf_cmd::BPF_MAP_CREATE => "bpf(BPF_MAP_CREATE)",
+        bpf_cmd::BPF_BTF_LOAD => "bpf(BPF_BTF_LOAD)",
         _ => "bpf",
     }
 }
@@ -104,6 +107,59 @@ pub fn cgroup_iter_link(
     let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_BTF_LOAD` of a BTF blob.
+pub fn btf_load(btf: &[u8]) -> Result<OwnedFd, SysError> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_7.btf = btf.as_ptr() as u64;
+    attr.__bindgen_anon_7.btf_size = btf.len() as u32;
+    let fd = bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)?;
+    Ok(owned(fd))
+}
+
+/// Sizes, and the BTF types of key and value, of a map to create.
+pub struct MapSpec<'a> {
+    pub name: &'a str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// A loaded BTF object with the key's and the value's type ids.
+    pub btf: Option<(BorrowedFd<'a>, u32, u32)>,
+}
+
+/// `BPF_MAP_CREATE` of a plain hash map (`BPF_MAP_TYPE_HASH`) whose
+/// entries are allocated on demand (`BPF_F_NO_PREALLOC`), named `name`
+/// (cut to the kernel's 15 bytes). For a map whose type the object's own
+/// definition does not give (see `apply::load`).
+pub fn hash_map_create(spec: &MapSpec<'_>) -> Result<OwnedFd, SysError> {
+    let MapSpec {
+        name,
+        key_size,
+        value_size,
+        max_entries,
+        btf,
+    } = *spec;
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the map-create member of the zeroed union.
+    unsafe {
+        let m = &mut attr.__bindgen_anon_1;
+        m.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32;
+        m.key_size = key_size;
+        m.value_size = value_size;
+        m.max_entries = max_entries;
+        m.map_flags = aya_obj::generated::BPF_F_NO_PREALLOC;
+        for (dst, src) in m.map_name.iter_mut().zip(name.bytes().take(15)) {
+            *dst = src as _;
+        }
+        if let Some((fd, key, value)) = btf {
+            m.btf_fd = fd.as_raw_fd() as u32;
+            m.btf_key_type_id = key;
+            m.btf_value_type_id = value;
+        }
+    }
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    Ok(owned(fd))
 }
 
 /// `BPF_OBJ_PIN` of any bpf object fd at `path` (on bpffs).

@@ -203,3 +203,28 @@ pub fn euid() -> u32 {
     // SAFETY: plain getter.
     unsafe { libc::geteuid() }
 }
+
+/// Raises `RLIMIT_MEMLOCK` as far as allowed: to unlimited, else the soft
+/// limit to the hard one. Kernels before 5.11 charge BPF maps and programs
+/// to it (later ones to the memory cgroup, where this changes nothing).
+/// Best effort: without CAP_SYS_RESOURCE only the soft limit can rise.
+pub fn raise_memlock() {
+    let inf = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } == 0 {
+        return;
+    }
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } == 0 && cur.rlim_cur < cur.rlim_max {
+        cur.rlim_cur = cur.rlim_max;
+        // SAFETY: setrlimit with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur) };
+    }
+}
