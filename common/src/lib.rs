@@ -452,6 +452,9 @@ pub mod health {
         /// Hash: cgroup id (`u64`) -> [`crate::Health`] of its removed
         /// descendants (folded at removal; atomic adds).
         pub const HEALTH_DEPARTED: &str = "HEALTH_DEPARTED";
+        /// Per-CPU array of 1 [`crate::Health`]: events no full
+        /// `HEALTH_STATS` or `HEALTH_DEPARTED` could take.
+        pub const HEALTH_OVERFLOW: &str = "HEALTH_OVERFLOW";
         /// LRU hash: iterator session (`u64`) -> [`crate::HealthAcc`].
         pub const HEALTH_SCRATCH: &str = "HEALTH_SCRATCH";
         /// Socket storage: a TCP socket's `total_retrans` when last taken.
@@ -461,9 +464,10 @@ pub mod health {
         /// Per-CPU array: drop reason (`u32`) -> packets (`u64`) counted in
         /// some cgroup's `drop_packets`.
         pub const DROP_REASONS: &str = "DROP_REASONS";
-        pub const ALL: [&str; 6] = [
+        pub const ALL: [&str; 7] = [
             HEALTH_STATS,
             HEALTH_DEPARTED,
+            HEALTH_OVERFLOW,
             HEALTH_SCRATCH,
             RETRANS_SEEN,
             HEALTH_STATE,

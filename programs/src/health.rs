@@ -94,6 +94,10 @@ pub static HEALTH_SCRATCH: LruHashMap<u64, HealthAcc, 1024> = LruHashMap::new();
 #[btf_map]
 pub static HEALTH_STATE: Array<u32, 2> = Array::new();
 
+/// What no full `HEALTH_STATS` or `HEALTH_DEPARTED` could take.
+#[btf_map]
+pub static HEALTH_OVERFLOW: PerCpuArray<Health, 1> = PerCpuArray::new();
+
 /// drop reason -> packets counted in some cgroup's `drop_packets`.
 #[btf_map]
 pub static DROP_REASONS: PerCpuArray<u64, { health::DROP_REASON_SLOTS as usize }> = PerCpuArray::new();
@@ -193,6 +197,24 @@ fn departed(id: u64) -> Option<*mut Health> {
     HEALTH_DEPARTED.get_ptr_mut(id)
 }
 
+/// Counts `h` in `HEALTH_OVERFLOW` (this CPU's slot): no map had room.
+#[inline(always)]
+fn lost(h: &Health) {
+    if let Some(slot) = HEALTH_OVERFLOW.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program is not preempted.
+        unsafe { (*slot).add(h) };
+    }
+}
+
+/// Adds `h` to `HEALTH_DEPARTED[id]` (`id` from `to`), or counts it lost.
+#[inline(always)]
+fn into_departed(to: Option<u64>, h: &Health) {
+    match to.and_then(departed) {
+        Some(p) => add_atomic(p, h),
+        None => lost(h),
+    }
+}
+
 /// Adds `h` (one event's counts, key `key`) at `slot`: this CPU's own
 /// slot, or with atomic adds when the value is shared by every CPU.
 #[inline(always)]
@@ -221,16 +243,16 @@ fn count(id: u64, key: u32, n: u64) {
         // A removed cgroup whose socket lives on: its nearest live ancestor.
         // SAFETY: non-NULL lookup result.
         let parent = unsafe { (*d).parent_id };
-        if let Some(p) = live_ancestor(parent).and_then(departed) {
-            add_atomic(p, &h);
-        }
+        into_departed(live_ancestor(parent), &h);
         return;
     }
     if HEALTH_STATS.insert(&id, &h, BPF_NOEXIST as u64).is_ok() {
         return;
     }
-    if let Some(slot) = HEALTH_STATS.get_ptr_mut(&id) {
-        bump_in(slot, &h, key, n);
+    match HEALTH_STATS.get_ptr_mut(&id) {
+        // Made by another CPU in between.
+        Some(slot) => bump_in(slot, &h, key, n),
+        None => lost(&h),
     }
 }
 
@@ -610,9 +632,7 @@ pub fn removed(id: u64, parent: u64) {
     let mut h = own(id);
     h.add(&gone(id));
     if h != Health::default() {
-        if let Some(p) = departed(parent) {
-            add_atomic(p, &h);
-        }
+        into_departed(Some(parent), &h);
     }
     let _ = HEALTH_STATS.remove(&id);
     let _ = HEALTH_DEPARTED.remove(id);
@@ -625,9 +645,7 @@ pub fn released(id: u64, parent: u64) {
     let mut h = own(id);
     h.add(&gone(id));
     if h != Health::default() {
-        if let Some(p) = live_ancestor(parent).and_then(departed) {
-            add_atomic(p, &h);
-        }
+        into_departed(live_ancestor(parent), &h);
     }
     let _ = HEALTH_STATS.remove(&id);
     let _ = HEALTH_DEPARTED.remove(id);

@@ -504,3 +504,106 @@ fn migrate_maps_keeps_health_counts() {
         "migrate lost health counts"
     );
 }
+
+/// With more cgroups opening connections than `[maps] cgroups` has room
+/// for, every open is counted: in its cgroup, or in the health overflow
+/// that `status`, `status --json` and the exporter report. The health
+/// programs see every socket of the host, so the overflow also takes
+/// the events of other cgroups without an entry (other tests running at
+/// the same time): the world's opens are at most what grew there.
+#[test]
+fn a_full_health_map_counts_what_it_cannot_hold_as_overflow() {
+    require_kernel!();
+    const SIZE: u32 = 16;
+    const CLIENTS: u32 = 24;
+    let names: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
+    let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    refs.push("srv");
+    let w = World::new(&refs);
+    w.write_layout();
+    let text = std::fs::read_to_string(&w.layout).expect("layout");
+    let text = text.replace("[tc]\n", &format!("[maps]\ncgroups = {SIZE}\n[tc]\n"));
+    std::fs::write(&w.layout, text).expect("layout");
+    w.apply();
+    let root_arg = w.root.to_str().expect("utf-8");
+    let status = || -> serde_json::Value {
+        let out = w.cgacct(&["status", "--json", "--root", root_arg]);
+        serde_json::from_slice(&out.stdout).expect("status --json")
+    };
+    let lost_opens = |v: &serde_json::Value| {
+        v["health"]["overflow"]["tcp_active_opens"]
+            .as_u64()
+            .expect("overflow")
+    };
+    let lost_before = lost_opens(&status());
+    let before = mib(&w);
+    let p = port(&w);
+    let srv = serve(&w, "srv", &acceptor(p, CLIENTS));
+    let client = format!(
+        "import socket\nc=socket.create_connection(('127.0.0.1',{p}))\nc.sendall(b'hi'); c.recv(2); c.close()\n"
+    );
+    for name in &names {
+        run(&mut python_in(&w, name, &client));
+    }
+    finish(srv);
+    let opens = grew(&before, &mib(&w), "Tcp:ActiveOpens");
+    assert_eq!(opens, u64::from(CLIENTS));
+    let counted: u64 = names.iter().map(|n| w.stat(n)["self_tcp_active_opens"]).sum();
+    let v = status();
+    let over = v["health"]["overflow"].clone();
+    let lost = lost_opens(&v) - lost_before;
+    eprintln!(
+        "{CLIENTS} cgroups opened {opens} connections with room for {SIZE}: {counted} counted in \
+         their cgroups, overflow grew by {lost}"
+    );
+    subtest("every_open_counted", || {
+        assert!(counted < opens, "every client had an entry: {counted}");
+        assert!(
+            counted + lost >= opens,
+            "{} opens lost: {over}",
+            opens - counted - lost
+        );
+    });
+    subtest("status", || {
+        let m = v["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|m| m["name"] == "health_stats")
+            .expect("health_stats in maps")
+            .clone();
+        assert_eq!(m["entries"], SIZE);
+        let events: u64 = over
+            .as_object()
+            .expect("object")
+            .values()
+            .filter_map(|x| x.as_u64())
+            .sum();
+        assert_eq!(m["overflow"]["events"], events, "{m}");
+        let out = w.cgacct(&["status", "--root", root_arg]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("warning: map health_stats is 100% full")
+                && err.contains("TCP health and drop events"),
+            "{err}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("overflow health_stats ") && l.contains(" events ")),
+            "{text}"
+        );
+    });
+    subtest("export", || {
+        let (_exporter, addr) = crate::export::start_exporter(&w);
+        let low = lost_opens(&status());
+        let text = crate::export::http_get(&addr, "/metrics").expect("scrape");
+        let high = lost_opens(&status());
+        let served = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cgacct_health_overflow_total{key=\"tcp_active_opens\"} "))
+            .unwrap_or_else(|| panic!("no health overflow in:\n{text}"));
+        let served: u64 = served.parse().expect("a number");
+        assert!((low..=high).contains(&served), "{served} not in {low}..={high}");
+    });
+}

@@ -7,7 +7,7 @@ use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray};
-use cgacct_common::{maps, overflow, Counters};
+use cgacct_common::{health::maps as health_maps, maps, overflow, Counters, Health};
 use serde::Serialize;
 use serde_json::json;
 
@@ -26,15 +26,25 @@ pub const BUCKETS: [(&str, &str, &str); overflow::BUCKETS as usize] = [
 
 /// Maps whose entries a full map displaces by design (LRU records and
 /// scratch space): listed, never warned about.
-const DISPLACING: [&str; 3] = [maps::ITER_SCRATCH, maps::REMOVED, maps::CLASS_SCRATCH];
+const DISPLACING: [&str; 4] = [
+    maps::ITER_SCRATCH,
+    maps::REMOVED,
+    maps::CLASS_SCRATCH,
+    health_maps::HEALTH_SCRATCH,
+];
 
-/// Arrays (always "full") and overflow buckets: not listed.
-const UNLISTED: [&str; 5] = [
+/// Arrays (always "full"), overflow buckets and socket storage (no keys to
+/// count): not listed.
+const UNLISTED: [&str; 9] = [
     maps::REMOVED_SCRATCH,
     maps::OVERFLOW,
     maps::CLASS_NAMES,
     maps::CLASS_CONFIG,
     maps::CLASS_OVERFLOW,
+    health_maps::HEALTH_OVERFLOW,
+    health_maps::HEALTH_STATE,
+    health_maps::DROP_REASONS,
+    health_maps::RETRANS_SEEN,
 ];
 
 /// One overflow bucket's totals.
@@ -72,6 +82,13 @@ pub struct MapUse {
 pub struct Lost {
     pub packets: u64,
     pub bytes: u64,
+    /// TCP health and drop events (`health_stats`): each key's events.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Default)]
@@ -96,7 +113,7 @@ pub fn read(pins: &Pins) -> Result<Capacity> {
             });
         }
     }
-    for name in maps::ALL {
+    for name in object::all_maps() {
         let pin = pins.map(name);
         if UNLISTED.contains(&name) || !pin.exists() {
             continue;
@@ -113,6 +130,7 @@ pub fn read(pins: &Pins) -> Result<Capacity> {
         let lower = name.to_ascii_lowercase();
         let class_lost = match name {
             maps::CLASS_STATS => class_overflow(pins)?,
+            health_maps::HEALTH_STATS => health_overflow(pins)?,
             _ => None,
         };
         let lost = cap
@@ -124,6 +142,7 @@ pub fn read(pins: &Pins) -> Result<Capacity> {
                 Some(Lost {
                     packets: l.packets + b.packets,
                     bytes: l.bytes + b.bytes,
+                    events: l.events,
                 })
             });
         cap.maps.push(MapUse {
@@ -177,8 +196,32 @@ fn class_overflow(pins: &Pins) -> Result<Option<Lost>> {
     let lost = Lost {
         packets: c.rx_packets + c.tx_packets,
         bytes: c.rx_bytes + c.tx_bytes,
+        events: 0,
     };
     Ok((lost.packets > 0).then_some(lost))
+}
+
+/// The TCP health and drop events no full `HEALTH_STATS` or
+/// `HEALTH_DEPARTED` could take; None when none were lost or the root has
+/// no such map.
+fn health_overflow(pins: &Pins) -> Result<Option<Lost>> {
+    let pin = pins.map(health_maps::HEALTH_OVERFLOW);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let array: PerCpuArray<MapData, Health> = aya::maps::Map::PerCpuArray(data).try_into()?;
+    let mut h = Health::default();
+    array
+        .get(&0, 0)
+        .with_context(|| format!("reading {}", pin.display()))?
+        .iter()
+        .for_each(|s| h.add(s));
+    let events = h.values().iter().sum();
+    Ok((events > 0).then_some(Lost {
+        events,
+        ..Lost::default()
+    }))
 }
 
 /// Removed cgroups the kernel still holds (records of released ones with
@@ -202,7 +245,7 @@ impl Capacity {
         for m in self.maps.iter().filter(|m| m.warns) {
             let lost = m.overflow.unwrap_or_default();
             let full = u64::from(m.entries) * 5 > u64::from(m.max_entries) * 4;
-            if !full && lost.packets == 0 {
+            if !full && lost.packets == 0 && lost.events == 0 {
                 continue;
             }
             let what = if full {
@@ -213,9 +256,13 @@ impl Capacity {
             } else {
                 format!("map {} was full", m.name)
             };
-            let lost = match lost.packets {
-                0 => String::new(),
-                p => format!(
+            let lost = match (lost.packets, lost.events) {
+                (0, 0) => String::new(),
+                (0, e) => format!(
+                    "; {e} TCP health and drop events found no entry and are counted only in \
+                     health_overflow"
+                ),
+                (p, _) => format!(
                     "; {p} packets ({} bytes) found no entry and are counted only in its overflow \
                      bucket",
                     lost.bytes
@@ -251,6 +298,14 @@ impl Capacity {
                     .map(|k| format!(", sized by {k}"))
                     .unwrap_or_default()
             );
+        }
+        for m in &self.maps {
+            if let Some(Lost { events: e @ 1.., .. }) = m.overflow {
+                println!(
+                    "overflow {} {e} events (TCP health and drops counted in no cgroup: the map was full)",
+                    m.name
+                );
+            }
         }
         for b in &self.overflow {
             println!(
@@ -297,9 +352,15 @@ mod tests {
             overflow: Some(Lost {
                 packets,
                 bytes: packets * 100,
+                events: 0,
             }),
             warns,
         };
+        let mut health = m("health_stats", 3, 16, 0, true);
+        health.overflow = Some(Lost {
+            events: 7,
+            ..Lost::default()
+        });
         let cap = Capacity {
             maps: vec![
                 m("cgroup_stats", 16, 16, 5, true),
@@ -307,11 +368,12 @@ mod tests {
                 m("veth_stats", 13, 16, 0, true),
                 m("departed", 2, 16, 3, true),
                 m("removed", 16, 16, 0, false),
+                health,
             ],
             overflow: Vec::new(),
         };
         let w = cap.warnings();
-        assert_eq!(w.len(), 3, "{w:#?}");
+        assert_eq!(w.len(), 4, "{w:#?}");
         assert!(
             w[0].starts_with("map cgroup_stats is 100% full (16 of 16 entries); 5 packets"),
             "{}",
@@ -320,5 +382,10 @@ mod tests {
         assert!(w[0].contains("raise [maps] cgroups"), "{}", w[0]);
         assert!(w[1].starts_with("map veth_stats is 81% full"), "{}", w[1]);
         assert!(w[2].starts_with("map departed was full; 3 packets"), "{}", w[2]);
+        assert!(
+            w[3].starts_with("map health_stats was full; 7 TCP health and drop events"),
+            "{}",
+            w[3]
+        );
     }
 }

@@ -25,6 +25,9 @@ pub struct HealthSnap {
     pub departed: BTreeMap<u64, Health>,
     /// Drops counted in some cgroup's `drop_packets`, by reason name.
     pub reasons: BTreeMap<String, u64>,
+    /// Events no full `health_stats` or `health_departed` could take
+    /// (counted in no cgroup).
+    pub overflow: Health,
 }
 
 impl HealthSnap {
@@ -93,6 +96,12 @@ pub fn read(pins: &Pins) -> Result<Option<HealthSnap>> {
     if snap.keys & (1 << health::DROP_PACKETS) != 0 {
         snap.reasons = reasons(pins)?;
     }
+    let over = pins.map(maps::HEALTH_OVERFLOW);
+    // A root made by a build before the map: nothing to read.
+    if over.exists() {
+        let array: PerCpuArray<MapData, Health> = Map::PerCpuArray(open(&over)?).try_into()?;
+        array.get(&0, 0)?.iter().for_each(|h| snap.overflow.add(h));
+    }
     Ok(Some(snap))
 }
 
@@ -136,6 +145,7 @@ pub fn to_json(snap: &HealthSnap, name: impl Fn(u64) -> serde_json::Value) -> se
         "cgroups": rows(&snap.own),
         "departed": rows(&snap.departed),
         "drop_reasons": snap.reasons,
+        "overflow": snap.values(&snap.overflow),
     })
 }
 
@@ -189,6 +199,19 @@ pub fn families(snap: &HealthSnap, labels: impl Fn(u64) -> Option<Labels>) -> Ve
             samples: rows.iter().map(|(l, v)| (l.clone(), v[i])).collect(),
         });
     }
+    out.push(Family {
+        name: "cgacct_health_overflow_total".to_string(),
+        help: "TCP health and drop events counted in no cgroup: health_stats or health_departed was full \
+               (raise [maps] cgroups)."
+            .to_string(),
+        samples: health::KEYS
+            .iter()
+            .zip(snap.overflow.values())
+            .enumerate()
+            .filter(|(i, _)| snap.keys & (1 << i) != 0)
+            .map(|(_, (k, n))| (vec![("key", k.to_string())], n))
+            .collect(),
+    });
     if snap.keys & (1 << health::DROP_PACKETS) != 0 {
         out.push(Family {
             name: "cgacct_drops_total".to_string(),
