@@ -229,10 +229,12 @@ fn tcp_retransmits_and_timeouts_equal_the_kernels() {
         assert!(kernel > 0, "no retransmission timeout fired");
         match root.get("tcp_timeouts") {
             Some(v) => {
+                eprintln!("tcp_timeouts counted: {v}, the kernel's TCPTimeouts grew by {kernel}");
                 assert_eq!(*v, kernel);
                 assert_eq!(cli["self_tcp_timeouts"], kernel);
             }
             None => {
+                eprintln!("tcp_timeouts absent on this kernel (the kernel's TCPTimeouts grew by {kernel})");
                 assert!(!cli.contains_key("self_tcp_timeouts"));
                 assert!(
                     said_absent(&w, "tcp_timeouts"),
