@@ -455,6 +455,10 @@ pub mod health {
         /// Per-CPU array of 1 [`crate::Health`]: events no full
         /// `HEALTH_STATS` or `HEALTH_DEPARTED` could take.
         pub const HEALTH_OVERFLOW: &str = "HEALTH_OVERFLOW";
+        /// LRU hash: removed cgroup id (`u64`) -> [`crate::HealthAcc`]:
+        /// its final health counts (own, subtree), beside its `REMOVED`
+        /// record.
+        pub const HEALTH_REMOVED: &str = "HEALTH_REMOVED";
         /// LRU hash: iterator session (`u64`) -> [`crate::HealthAcc`].
         pub const HEALTH_SCRATCH: &str = "HEALTH_SCRATCH";
         /// Socket storage: a TCP socket's `total_retrans` when last taken.
@@ -464,10 +468,11 @@ pub mod health {
         /// Per-CPU array: drop reason (`u32`) -> packets (`u64`) counted in
         /// some cgroup's `drop_packets`.
         pub const DROP_REASONS: &str = "DROP_REASONS";
-        pub const ALL: [&str; 7] = [
+        pub const ALL: [&str; 8] = [
             HEALTH_STATS,
             HEALTH_DEPARTED,
             HEALTH_OVERFLOW,
+            HEALTH_REMOVED,
             HEALTH_SCRATCH,
             RETRANS_SEEN,
             HEALTH_STATE,

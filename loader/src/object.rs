@@ -254,9 +254,9 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | maps::DYING
         | maps::CLASS_STATS
         | maps::CLASS_DEPARTED => Some("[maps] cgroups"),
-        cgacct_common::health::maps::HEALTH_STATS | cgacct_common::health::maps::HEALTH_DEPARTED => {
-            Some("[maps] cgroups")
-        }
+        cgacct_common::health::maps::HEALTH_STATS
+        | cgacct_common::health::maps::HEALTH_DEPARTED
+        | cgacct_common::health::maps::HEALTH_REMOVED => Some("[maps] cgroups"),
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
         maps::ITER_SCRATCH | maps::CLASS_SCRATCH | cgacct_common::health::maps::HEALTH_SCRATCH => {
             Some("[maps] readers")

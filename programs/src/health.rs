@@ -86,6 +86,10 @@ pub static HEALTH_STATS: PerCpuHashMap<u64, Health, 16384, ON_DEMAND> = PerCpuHa
 #[btf_map]
 pub static HEALTH_DEPARTED: HashMap<u64, Health, 16384> = HashMap::new();
 
+/// removed cgroup id -> its final health counts (own, subtree).
+#[btf_map]
+pub static HEALTH_REMOVED: LruHashMap<u64, HealthAcc, 16384> = LruHashMap::new();
+
 /// iterator session -> health sums of one read.
 #[btf_map]
 pub static HEALTH_SCRATCH: LruHashMap<u64, HealthAcc, 1024> = LruHashMap::new();
@@ -629,10 +633,17 @@ fn out<const F: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; 2]) {
 /// its removed descendants go to `parent`'s `HEALTH_DEPARTED` entry.
 #[inline(always)]
 pub fn removed(id: u64, parent: u64) {
-    let mut h = own(id);
+    let mine = own(id);
+    let mut h = mine;
     h.add(&gone(id));
     if h != Health::default() {
         into_departed(Some(parent), &h);
+        // Beside the `REMOVED` record (an LRU hash of the same size).
+        let rec = HealthAcc {
+            own: mine,
+            subtree: h,
+        };
+        let _ = HEALTH_REMOVED.insert(id, rec, BPF_ANY as u64);
     }
     let _ = HEALTH_STATS.remove(&id);
     let _ = HEALTH_DEPARTED.remove(id);

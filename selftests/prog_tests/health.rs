@@ -403,6 +403,19 @@ fn udp_receive_buffer_drops_equal_rcvbuf_errors() {
     });
 }
 
+/// The `removed --json` record of the world's cgroup `rel`.
+fn removed_record(w: &World, rel: &str) -> serde_json::Value {
+    let out = w.cgacct(&["removed", "--json", "--root", w.root.to_str().expect("utf-8")]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("removed --json");
+    let path = format!("/{}", w.cgroup(rel));
+    all.as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["cgroup"] == path.as_str())
+        .unwrap_or_else(|| panic!("no record of {path} in {all}"))
+        .clone()
+}
+
 /// A removed cgroup's counts stay in its parent's subtree keys, and the
 /// events of its socket that lives on count there too, never under the
 /// removed id.
@@ -427,6 +440,12 @@ fn removed_cgroups_fold_into_the_parent() {
         let root = w.stat("");
         assert_eq!(root["tcp_active_opens"], 2);
         assert_eq!(root["self_tcp_active_opens"], 0);
+    });
+    subtest("removed_record", || {
+        let rec = removed_record(&w, "gone");
+        assert_eq!(rec["health"]["own"]["tcp_active_opens"], 2, "{rec}");
+        assert_eq!(rec["health"]["subtree"]["tcp_active_opens"], 2, "{rec}");
+        assert_eq!(rec["health"]["own"]["tcp_passive_opens"], 0, "{rec}");
     });
     subtest("late_socket", || {
         // A socket made in `late`, whose process then leaves; `late` is
@@ -461,6 +480,9 @@ fn removed_cgroups_fold_into_the_parent() {
         let root = w.stat("");
         assert_eq!(root["tcp_active_opens"], 3);
         assert_eq!(root["self_tcp_active_opens"], 0);
+        // Its record holds what it counted before its removal: nothing.
+        let rec = removed_record(&w, "late");
+        assert_eq!(rec["health"]["subtree"]["tcp_active_opens"], 0, "{rec}");
         let _ = late.wait();
     });
     finish(srv);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use cgacct_common::{maps, Dying, Removed};
+use cgacct_common::{health::maps as health_maps, maps, Dying, HealthAcc, Removed};
 
 use crate::{bpffs::Pins, sys::os::clock_ns};
 
@@ -48,6 +48,16 @@ pub fn prune(pins: &Pins, keep: Duration) -> Result<usize> {
     for id in &gone {
         // Another pruner may have taken it first.
         let _ = map.remove(id);
+    }
+    let health = pins.map(health_maps::HEALTH_REMOVED);
+    if !gone.is_empty() && health.exists() {
+        let data =
+            MapData::from_pin(&health).with_context(|| format!("opening pinned map {}", health.display()))?;
+        let mut health: BpfHashMap<MapData, u64, HealthAcc> = Map::LruHashMap(data).try_into()?;
+        for id in &gone {
+            // Absent where the cgroup's sockets counted no health event.
+            let _ = health.remove(id);
+        }
     }
     if let Some(mut dying) = open_dying(pins)? {
         let released: Vec<u64> = dying

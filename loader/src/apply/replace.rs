@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
-use cgacct_common::{health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, Removed};
+use cgacct_common::{
+    health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, HealthAcc, Removed,
+};
 
 use crate::sys;
 
@@ -32,7 +34,8 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
             maps::CLASS_STATS => add_counters::<ClassKey>(pin, new)?,
             maps::DEPARTED => add_departed(pin, new)?,
             maps::CLASS_DEPARTED => add_class_departed(pin, new)?,
-            maps::REMOVED => copy_removed(pin, new)?,
+            maps::REMOVED => copy_lru::<Removed>(pin, new)?,
+            health_maps::HEALTH_REMOVED => copy_lru::<HealthAcc>(pin, new)?,
             health_maps::HEALTH_STATS | health_maps::HEALTH_DEPARTED => add_health(pin, new)?,
             _ => {}
         }
@@ -87,11 +90,12 @@ fn add_class_departed(old: &Path, new: &mut Map) -> Result<()> {
     Ok(())
 }
 
-/// Copies the records of removed cgroups pinned at `old` into `new`.
-fn copy_removed(old: &Path, new: &mut Map) -> Result<()> {
+/// Copies the records of removed cgroups pinned at `old` (`REMOVED`,
+/// `HEALTH_REMOVED`) into `new`.
+fn copy_lru<V: aya::Pod>(old: &Path, new: &mut Map) -> Result<()> {
     let old = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
-    let old: HashMap<MapData, u64, Removed> = Map::LruHashMap(old).try_into()?;
-    let mut new: HashMap<&mut MapData, u64, Removed> = new.try_into()?;
+    let old: HashMap<MapData, u64, V> = Map::LruHashMap(old).try_into()?;
+    let mut new: HashMap<&mut MapData, u64, V> = new.try_into()?;
     for entry in old.iter() {
         let (key, r) = entry?;
         if new.get(&key, 0).is_err() {

@@ -93,7 +93,7 @@ pub fn program(name: &str) -> Option<Program> {
 }
 
 /// The health maps this build and layout need on kernel `k`.
-pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapShape); 7] {
+pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapShape); 8] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -108,6 +108,10 @@ pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapSha
         ),
         (maps::HEALTH_DEPARTED, shape(MapType::Hash, 8, h, sizes.cgroups)),
         (maps::HEALTH_OVERFLOW, shape(MapType::PerCpuArray, 4, h, 1)),
+        (
+            maps::HEALTH_REMOVED,
+            shape(MapType::LruHash, 8, size_of::<HealthAcc>(), sizes.cgroups),
+        ),
         (
             maps::HEALTH_SCRATCH,
             shape(MapType::LruHash, 8, size_of::<HealthAcc>(), sizes.readers),

@@ -26,9 +26,10 @@ pub const BUCKETS: [(&str, &str, &str); overflow::BUCKETS as usize] = [
 
 /// Maps whose entries a full map displaces by design (LRU records and
 /// scratch space): listed, never warned about.
-const DISPLACING: [&str; 4] = [
+const DISPLACING: [&str; 5] = [
     maps::ITER_SCRATCH,
     maps::REMOVED,
+    health_maps::HEALTH_REMOVED,
     maps::CLASS_SCRATCH,
     health_maps::HEALTH_SCRATCH,
 ];

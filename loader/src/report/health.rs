@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap};
 use cgacct_common::{
     health::{self, maps},
-    Health,
+    Health, HealthAcc,
 };
 use serde_json::json;
 
@@ -103,6 +103,27 @@ pub fn read(pins: &Pins) -> Result<Option<HealthSnap>> {
         array.get(&0, 0)?.iter().for_each(|h| snap.overflow.add(h));
     }
     Ok(Some(snap))
+}
+
+/// The keys counted (as [`HealthSnap::keys`]) and the final health counts
+/// of removed cgroups, by id; None where the root has no such maps.
+pub fn removed(pins: &Pins) -> Result<Option<(HealthSnap, BTreeMap<u64, HealthAcc>)>> {
+    let (state_pin, pin) = (pins.map(maps::HEALTH_STATE), pins.map(maps::HEALTH_REMOVED));
+    if !state_pin.exists() || !pin.exists() {
+        return Ok(None);
+    }
+    let state: Array<MapData, u32> = Map::Array(open(&state_pin)?).try_into()?;
+    let snap = HealthSnap {
+        keys: state.get(&health::state::KEYS, 0)?,
+        ..HealthSnap::default()
+    };
+    let map: HashMap<MapData, u64, HealthAcc> = Map::LruHashMap(open(&pin)?).try_into()?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (id, h) = entry?;
+        out.insert(id, h);
+    }
+    Ok(Some((snap, out)))
 }
 
 /// The per-reason drops, named from the running kernel's BTF.

@@ -41,6 +41,10 @@ pub struct Record {
     pub late: TotalsOut,
     /// The kernel still holds the cgroup: a socket made in it lives.
     pub dying: bool,
+    /// TCP health and drops (the keys this kernel counts), `own` and
+    /// `subtree`; absent in a root without the health maps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -87,6 +91,12 @@ pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
         Some(d) => d.iter().filter_map(Result::ok).collect(),
         None => BTreeMap::new(),
     };
+    let health = super::health::removed(pins)?;
+    let health_of = |id: u64| {
+        let (snap, recs) = health.as_ref()?;
+        let h = recs.get(&id).copied().unwrap_or_default();
+        Some(serde_json::json!({"own": snap.values(&h.own), "subtree": snap.values(&h.subtree)}))
+    };
     let boot = clock_ns(libc::CLOCK_BOOTTIME);
     let real = clock_ns(libc::CLOCK_REALTIME);
     let mut out = Vec::new();
@@ -108,6 +118,7 @@ pub fn list(pins: &Pins, names: &Table) -> Result<Vec<Record>> {
             subtree: r.subtree.into(),
             late: d.late.into(),
             dying: dying.contains_key(&id) && d.released_at_ns == 0,
+            health: health_of(id),
         });
     }
     out.sort_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
