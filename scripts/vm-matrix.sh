@@ -202,8 +202,10 @@ fetch_kernel() {
 }
 
 # Modules the guest loads, with their dependencies (built-in ones skipped).
-# nf_tables and nft_compat: the health selftests drop segments with iptables (nf_tables backend) in their own netns.
-GUEST_MODULES=(virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf nf_tables nft_compat)
+# nf_tables, nft_compat and xt_tcpudp: the health selftests drop segments with iptables
+# (nf_tables backend) in their own netns; on 5.10 its `-p tcp --dport` rules need xt_tcpudp
+# (without it: "RULE_APPEND failed (No such file or directory)").
+GUEST_MODULES=(virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf nf_tables nft_compat xt_tcpudp)
 
 # Builds $CACHE/initramfs/<krel>-<mode>.cpio.gz; prints its path.
 build_initramfs() {

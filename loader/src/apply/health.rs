@@ -3,9 +3,10 @@
 //! offsets they read set from its BTF first.
 use std::{fs, path::Path};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    programs::{links::FdLink, BtfTracePoint, FEntry, Program},
+    programs::{links::FdLink, BtfTracePoint, FEntry, Program, ProgramError},
+    sys::SyscallError,
     Btf, Ebpf, EbpfLoader,
 };
 use cgacct_common::health;
@@ -40,29 +41,19 @@ pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result
         let program = ebpf
             .program_mut(p.name)
             .ok_or_else(|| anyhow!("program {} missing from the object", p.name))?;
-        let loaded = match (&mut *program, p.hook) {
-            (Program::FEntry(x), Hook::FEntry(f)) => x.load(f, btf),
-            (Program::BtfTracePoint(x), Hook::Tracepoint(t)) => x.load(t, btf),
-            _ => bail!("program {} has an unexpected type", p.name),
-        };
         let pin = pins.prog(p.name);
-        if let Err(e) = loaded {
+        if let Err(e) = load_one(program, p.hook, btf) {
             // A hook this kernel lists but refuses: the key goes absent.
             failed |= 1 << i;
-            refused.why.insert(p.name, format!("the kernel refused it: {e}"));
+            refused
+                .why
+                .insert(p.name, format!("the kernel refused it: {}", refusal(&e)));
             if pin.exists() {
                 fs::remove_file(&pin)?;
             }
             continue;
         }
-        sys::fault::step();
-        if pin.exists() {
-            fs::remove_file(&pin)?;
-        }
-        sys::fault::step();
-        program
-            .pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        pin_one(program, &pin)?;
     }
     let loaded = |name: &str| {
         k.programs.contains(name)
@@ -94,13 +85,79 @@ pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result
     Ok(said)
 }
 
-/// Attaches the pinned health program `name`; returns its link.
-pub fn attach(pins: &Pins, name: &str) -> Result<Option<FdLink>> {
+fn load_one(program: &mut Program, hook: Hook, btf: &Btf) -> Result<(), ProgramError> {
+    match (program, hook) {
+        (Program::FEntry(x), Hook::FEntry(f)) => x.load(f, btf),
+        (Program::BtfTracePoint(x), Hook::Tracepoint(t)) => x.load(t, btf),
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
+}
+
+/// Pins `program` at `pin`, in place of what is pinned there.
+fn pin_one(program: &mut Program, pin: &Path) -> Result<()> {
+    sys::fault::step();
+    if pin.exists() {
+        fs::remove_file(pin)?;
+    }
+    sys::fault::step();
+    program
+        .pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
+}
+
+/// Loads the health program `name` anew from `ebpf` (an object loaded
+/// against the pinned maps) and pins it in place of the pinned one.
+pub fn reload(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()> {
+    let p = object::health::program(name).ok_or_else(|| anyhow!("{name} is not a health program"))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    load_one(program, p.hook, btf).map_err(|e| anyhow!("loading {name} again: {}", refusal(&e)))?;
+    pin_one(program, &pins.prog(name))
+}
+
+/// Why the kernel refused to load a program, in one line: the syscall's
+/// error and the verifier's last word (`bpftool prog load` shows the log).
+fn refusal(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => match last_word(&verifier_log.to_string()) {
+            Some(line) => format!("{io_error}: {line}"),
+            None => io_error.to_string(),
+        },
+        e => e.to_string(),
+    }
+}
+
+/// The verifier log's last line that is not its statistics.
+fn last_word(log: &str) -> Option<&str> {
+    const STATS: [&str; 3] = ["verification time", "processed ", "stack depth"];
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
+}
+
+/// What attaching a pinned health program gave.
+pub enum Attached {
+    Link(FdLink),
+    /// Refused at load by this kernel (said then): nothing to attach.
+    NotLoaded,
+    /// An fentry program whose first link is gone: kernels before 5.12
+    /// cannot attach it again (its trampoline target is used up), it must
+    /// be loaded anew.
+    UsedUp,
+}
+
+/// Attaches the pinned health program `name`.
+pub fn attach(pins: &Pins, name: &str) -> Result<Attached> {
     let p = object::health::program(name).ok_or_else(|| anyhow!("{name} is not a health program"))?;
     let pin = pins.prog(name);
     if !pin.exists() {
-        // Refused at load by this kernel (said then): nothing to attach.
-        return Ok(None);
+        return Ok(Attached::NotLoaded);
     }
     let ctx = || {
         format!(
@@ -112,7 +169,15 @@ pub fn attach(pins: &Pins, name: &str) -> Result<Option<FdLink>> {
     let link: FdLink = match p.hook {
         Hook::FEntry(_) => {
             let mut x = FEntry::from_pin(&pin)?;
-            let id = x.attach().with_context(ctx)?;
+            let id = match x.attach() {
+                Ok(id) => id,
+                Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    return Ok(Attached::UsedUp)
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context(ctx())),
+            };
             x.take_link(id)?.into()
         }
         Hook::Tracepoint(_) => {
@@ -121,7 +186,7 @@ pub fn attach(pins: &Pins, name: &str) -> Result<Option<FdLink>> {
             x.take_link(id)?.into()
         }
     };
-    Ok(Some(link))
+    Ok(Attached::Link(link))
 }
 
 /// Pins of the health programs and their links, for destroy.
@@ -135,4 +200,28 @@ pub fn pins_of(pins: &Pins) -> Vec<std::path::PathBuf> {
 /// Whether `path` is the pin of a health program.
 pub fn is_program_pin(pins: &Pins, path: &Path) -> bool {
     object::health::PROGRAMS.iter().any(|p| pins.prog(p.name) == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_one_line_with_the_verifiers_last_word() {
+        let log = "0: (79) r6 = *(u64 *)(r1 +0)\n88: (85) call bpf_sk_storage_get#107\n\
+                   unknown func bpf_sk_storage_get#107\nverification time 4197 usec\n\
+                   stack depth 56+0\nprocessed 83 insns (limit 1000000) max_states_per_insn 0\n\n";
+        let e = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            verifier_log: aya_obj::VerifierLog::new(log.to_string()),
+        };
+        let line = refusal(&e);
+        assert!(line.ends_with(": unknown func bpf_sk_storage_get#107"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        let empty = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        };
+        assert!(!refusal(&empty).contains("Verifier"), "{}", refusal(&empty));
+    }
 }

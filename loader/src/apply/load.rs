@@ -24,6 +24,37 @@ pub fn load_programs(
     replaced: &BTreeSet<String>,
     health: &HealthKernel,
 ) -> Result<Ebpf> {
+    let k = kernel::features().object();
+    let mut ebpf = against_pins(layout, pins, replaced, health)?;
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    // Before the iterator, which is pinned last.
+    for line in super::health::load(&mut ebpf, health, pins, &btf)? {
+        // As `cli::say`: a closed output must not stop an apply half-way.
+        let _ = writeln!(std::io::stdout().lock(), "note: {line}");
+    }
+    for &name in object::programs(k) {
+        load_pinned(&mut ebpf, pins, name, &btf)?;
+    }
+    Ok(ebpf)
+}
+
+/// Loads the health program `name` anew and pins it in place of the
+/// pinned one (an fentry program whose first link is gone, on kernels
+/// that cannot attach it again).
+pub fn reload_health(layout: &Layout, pins: &Pins, health: &HealthKernel, name: &str) -> Result<()> {
+    let mut ebpf = against_pins(layout, pins, &BTreeSet::new(), health)?;
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    super::health::reload(&mut ebpf, pins, name, &btf)
+}
+
+/// The object with its globals set and its maps taken from their pins
+/// (those being `replaced` made new); no program loaded yet.
+fn against_pins(
+    layout: &Layout,
+    pins: &Pins,
+    replaced: &BTreeSet<String>,
+    health: &HealthKernel,
+) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
     let nr_cpus = kernel::nr_cpus()?;
     let k = kernel::features().object();
@@ -51,41 +82,37 @@ pub fn load_programs(
     pin_maps(&mut loader, layout, pins, replaced, k)?;
     super::health::configure(&mut loader, health);
     sys::fault::step();
-    let mut ebpf = loader.load(object::OBJECT).context("loading the BPF object")?;
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    // Before the iterator, which is pinned last.
-    for line in super::health::load(&mut ebpf, health, pins, &btf)? {
-        // As `cli::say`: a closed output must not stop an apply half-way.
-        let _ = writeln!(std::io::stdout().lock(), "note: {line}");
-    }
-    for &name in object::programs(k) {
-        let program = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-        let pin = pins.prog(name);
-        match program {
-            aya::programs::Program::SchedClassifier(p) => p.load()?,
-            aya::programs::Program::CgroupSkb(p) => p.load()?,
-            aya::programs::Program::Iter(p) => p.load("cgroup", &btf)?,
-            aya::programs::Program::BtfTracePoint(p) => {
-                let (_, tracepoint) = object::TRACEPOINTS
-                    .into_iter()
-                    .find(|(n, _)| *n == name)
-                    .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
-                p.load(tracepoint, &btf)?
-            }
-            _ => bail!("program {name} has an unexpected type"),
+    loader.load(object::OBJECT).context("loading the BPF object")
+}
+
+/// Loads program `name` of the object and pins it in place of the pinned one.
+fn load_pinned(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    let pin = pins.prog(name);
+    match program {
+        aya::programs::Program::SchedClassifier(p) => p.load()?,
+        aya::programs::Program::CgroupSkb(p) => p.load()?,
+        aya::programs::Program::Iter(p) => p.load("cgroup", btf)?,
+        aya::programs::Program::BtfTracePoint(p) => {
+            let (_, tracepoint) = object::TRACEPOINTS
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
+            p.load(tracepoint, btf)?
         }
-        sys::fault::step();
-        if pin.exists() {
-            fs::remove_file(&pin)?;
-        }
-        sys::fault::step();
-        program
-            .pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        _ => bail!("program {name} has an unexpected type"),
     }
-    Ok(ebpf)
+    sys::fault::step();
+    if pin.exists() {
+        fs::remove_file(&pin)?;
+    }
+    sys::fault::step();
+    program
+        .pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 /// Sizes every map and pins those kept at their pins. On a kernel with

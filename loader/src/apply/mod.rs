@@ -210,9 +210,17 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
             replace,
         } => {
             remove_old(pins, pin, replace.is_some())?;
-            match health::attach(pins, program)? {
-                Some(link) => pin_link(layout, pins, pin, link),
-                None => Ok(()),
+            let mut attached = health::attach(pins, program)?;
+            if let health::Attached::UsedUp = attached {
+                load::reload_health(layout, pins, &o.held.health, program)?;
+                attached = health::attach(pins, program)?;
+            }
+            match attached {
+                health::Attached::Link(link) => pin_link(layout, pins, pin, link),
+                health::Attached::NotLoaded => Ok(()),
+                health::Attached::UsedUp => Err(anyhow!(
+                    "{program} cannot be attached again after loading it anew"
+                )),
             }
         }
         Action::Unpin { pin, .. } => {

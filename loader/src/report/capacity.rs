@@ -179,21 +179,28 @@ fn overflow_totals(pins: &Pins) -> Result<Option<Vec<Counters>>> {
     Ok(Some(out))
 }
 
-/// What no full `CLASS_STATS` or `CLASS_DEPARTED` could take (both
-/// directions); None when nothing was lost or the root has no such map.
-fn class_overflow(pins: &Pins) -> Result<Option<Lost>> {
-    let pin = pins.map(maps::CLASS_OVERFLOW);
+/// Slot 0 of the per-CPU array pinned as `name`, every CPU's value added
+/// with `add`; None for a root without it.
+pub fn slot_sum<V: aya::Pod + Default>(pins: &Pins, name: &str, add: fn(&mut V, &V)) -> Result<Option<V>> {
+    let pin = pins.map(name);
     if !pin.exists() {
         return Ok(None);
     }
     let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let array: PerCpuArray<MapData, Counters> = aya::maps::Map::PerCpuArray(data).try_into()?;
-    let mut c = Counters::default();
+    let array: PerCpuArray<MapData, V> = aya::maps::Map::PerCpuArray(data).try_into()?;
+    let mut sum = V::default();
     array
         .get(&0, 0)
         .with_context(|| format!("reading {}", pin.display()))?
         .iter()
-        .for_each(|s| c.add(s));
+        .for_each(|v| add(&mut sum, v));
+    Ok(Some(sum))
+}
+
+/// What no full `CLASS_STATS` or `CLASS_DEPARTED` could take (both
+/// directions); None when nothing was lost or the root has no such map.
+fn class_overflow(pins: &Pins) -> Result<Option<Lost>> {
+    let c = slot_sum(pins, maps::CLASS_OVERFLOW, Counters::add)?.unwrap_or_default();
     let lost = Lost {
         packets: c.rx_packets + c.tx_packets,
         bytes: c.rx_bytes + c.tx_bytes,
@@ -206,18 +213,7 @@ fn class_overflow(pins: &Pins) -> Result<Option<Lost>> {
 /// `HEALTH_DEPARTED` could take; None when none were lost or the root has
 /// no such map.
 fn health_overflow(pins: &Pins) -> Result<Option<Lost>> {
-    let pin = pins.map(health_maps::HEALTH_OVERFLOW);
-    if !pin.exists() {
-        return Ok(None);
-    }
-    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let array: PerCpuArray<MapData, Health> = aya::maps::Map::PerCpuArray(data).try_into()?;
-    let mut h = Health::default();
-    array
-        .get(&0, 0)
-        .with_context(|| format!("reading {}", pin.display()))?
-        .iter()
-        .for_each(|s| h.add(s));
+    let h = slot_sum(pins, health_maps::HEALTH_OVERFLOW, Health::add)?.unwrap_or_default();
     let events = h.values().iter().sum();
     Ok((events > 0).then_some(Lost {
         events,

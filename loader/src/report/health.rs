@@ -96,12 +96,8 @@ pub fn read(pins: &Pins) -> Result<Option<HealthSnap>> {
     if snap.keys & (1 << health::DROP_PACKETS) != 0 {
         snap.reasons = reasons(pins)?;
     }
-    let over = pins.map(maps::HEALTH_OVERFLOW);
-    // A root made by a build before the map: nothing to read.
-    if over.exists() {
-        let array: PerCpuArray<MapData, Health> = Map::PerCpuArray(open(&over)?).try_into()?;
-        array.get(&0, 0)?.iter().for_each(|h| snap.overflow.add(h));
-    }
+    // None in a root made by a build before the map: nothing lost there.
+    snap.overflow = super::capacity::slot_sum(pins, maps::HEALTH_OVERFLOW, Health::add)?.unwrap_or_default();
     Ok(Some(snap))
 }
 
