@@ -54,6 +54,7 @@ fn set_name(pins: &Pins, index: u32, name: &str) -> Result<()> {
 }
 
 /// Deletes every count (own and of removed descendants) under `indices`.
+/// A key gone already was removed by the removal program meanwhile.
 pub fn clear(pins: &Pins, indices: &BTreeSet<u32>) -> Result<()> {
     if indices.is_empty() {
         return Ok(());
@@ -62,40 +63,39 @@ pub fn clear(pins: &Pins, indices: &BTreeSet<u32>) -> Result<()> {
     if stats.info()?.map_type()? == MapType::Hash {
         // Shared by every CPU (kernels without bpf_map_lookup_percpu_elem).
         let mut stats: HashMap<MapData, ClassKey, Counters> = Map::HashMap(stats).try_into()?;
-        let keys: Vec<ClassKey> = stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| indices.contains(&k.class))
-            .collect();
-        for k in keys {
+        for k in of_classes(stats.keys(), indices)? {
             sys::fault::step();
             let _ = stats.remove(&k);
         }
     } else {
         let mut stats: PerCpuHashMap<MapData, ClassKey, Counters> = Map::PerCpuHashMap(stats).try_into()?;
-        let keys: Vec<ClassKey> = stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| indices.contains(&k.class))
-            .collect();
-        for k in keys {
+        for k in of_classes(stats.keys(), indices)? {
             sys::fault::step();
-            // Gone already: removed by the removal program meanwhile.
             let _ = stats.remove(&k);
         }
     }
     let mut gone: HashMap<MapData, ClassKey, Counters> =
         Map::HashMap(open(pins, maps::CLASS_DEPARTED)?).try_into()?;
-    let keys: Vec<ClassKey> = gone
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| indices.contains(&k.class))
-        .collect();
-    for k in keys {
+    for k in of_classes(gone.keys(), indices)? {
         sys::fault::step();
         let _ = gone.remove(&k);
     }
     Ok(())
+}
+
+/// The keys of a class map whose class is one of `indices`.
+fn of_classes(
+    keys: impl Iterator<Item = Result<ClassKey, aya::maps::MapError>>,
+    indices: &BTreeSet<u32>,
+) -> Result<Vec<ClassKey>> {
+    let mut out = Vec::new();
+    for k in keys {
+        let k = k.context("listing the keys of a class map")?;
+        if indices.contains(&k.class) {
+            out.push(k);
+        }
+    }
+    Ok(out)
 }
 
 /// Inserts or deletes the trie entry of `p`.
