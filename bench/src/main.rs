@@ -7,12 +7,14 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
+mod live;
 mod memory;
 mod packet;
 mod reads;
 mod report;
 mod scale;
 mod throughput;
+mod traffic;
 mod watch;
 mod world;
 
@@ -24,6 +26,7 @@ enum Section {
     Reads,
     Watch,
     Memory,
+    Live,
 }
 
 #[derive(Parser)]
@@ -52,6 +55,9 @@ struct Cli {
     /// Remove everything a run with this prefix created, then exit.
     #[arg(long, value_name = "PREFIX")]
     cleanup: Option<String>,
+    /// Section 7's sink (started by the benchmark itself in its netns).
+    #[arg(long, value_name = "ADDR", hide = true)]
+    sink: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .context("locating this binary")?
             .with_file_name("cgacct-pin"),
     };
+    if let Some(addr) = cli.sink {
+        traffic::sink(addr)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(prefix) = cli.cleanup {
         world::cleanup(&prefix, Some(&cgacct_pin));
         return Ok(ExitCode::SUCCESS);
@@ -99,6 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Section::Reads,
         Section::Watch,
         Section::Memory,
+        Section::Live,
     ]
     .into_iter()
     .any(want);
@@ -190,6 +201,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             memory::run_section(&mut report, &mut w, &o)?;
+        }
+        if want(Section::Live) {
+            eprintln!("== 7. live traffic");
+            let o = if cli.smoke {
+                live::Options {
+                    seconds: 1,
+                    rounds: 1,
+                }
+            } else {
+                live::Options {
+                    seconds: 5,
+                    rounds: 5,
+                }
+            };
+            live::run_section(&mut report, &w, &o)?;
         }
         drop(w);
     }

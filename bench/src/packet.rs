@@ -174,7 +174,7 @@ pub fn load_production_with_classes() -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn load_bench() -> Result<Ebpf> {
+pub fn load_bench() -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(BENCH_OBJECT)
         .context("loading the benchmark's BPF object")?;

@@ -88,6 +88,8 @@ pub enum Unit {
     Ratio,
     Bytes,
     KiB,
+    /// Events per second.
+    PerSec,
 }
 
 pub fn fmt(v: f64, unit: Unit) -> String {
@@ -99,6 +101,9 @@ pub fn fmt(v: f64, unit: Unit) -> String {
         Unit::Ratio => format!("{v:.2}x"),
         Unit::Bytes => format!("{v:.0} B"),
         Unit::KiB => format!("{v:.0} KiB"),
+        Unit::PerSec if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
+        Unit::PerSec if v >= 1e3 => format!("{:.1} k/s", v / 1e3),
+        Unit::PerSec => format!("{v:.0}/s"),
     }
 }
 

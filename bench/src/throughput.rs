@@ -6,18 +6,15 @@
 //! programs: cgroup_skb on both ends, TC once), stats files pinned. Runs
 //! alternate (without, with, with, without, ...); the ratio of each
 //! adjacent pair is one sample.
-use std::{
-    process::{Child, Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::process::Command;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
-    world::{check_interrupted, run, sh, World},
+    traffic::Pair,
+    world::{run, World},
 };
 
 const SECTION: &str = "2 throughput";
@@ -25,16 +22,6 @@ const SECTION: &str = "2 throughput";
 pub struct Options {
     pub seconds: u32,
     pub rounds: usize,
-}
-
-/// The iperf3 server; killed (by its pid) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn summary(v: &[f64]) -> Result<Summary> {
@@ -51,67 +38,17 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         );
         return Ok(());
     }
-    let ns = format!("{}-tp", w.prefix);
-    let (host, peer) = (format!("{}ta", w.prefix), format!("{}tb", w.prefix));
-    let net = 1 + std::process::id() % 250;
-    let (host_ip, peer_ip) = (format!("10.251.{net}.1"), format!("10.251.{net}.2"));
+    let pair = Pair::new(w, "tp", 251)?;
     let port = 20000 + std::process::id() % 10000;
-    sh(&format!(
-        "ip netns add {ns}
-         ip link add {host} type veth peer name {peer} netns {ns}
-         ip addr add {host_ip}/30 dev {host}
-         ip link set {host} up
-         ip -n {ns} addr add {peer_ip}/30 dev {peer}
-         ip -n {ns} link set {peer} up
-         ip -n {ns} link set lo up"
-    ))?;
-    let tp = w.cgroup_rel("tp");
-    w.add_cgroups("tp", 0)?;
-    for c in ["client", "server"] {
-        std::fs::create_dir(w.cgroup_mount.join(&tp).join(c))?;
-    }
-    let procs = |c: &str| w.cgroup_mount.join(&tp).join(c).join("cgroup.procs");
-    let server = Server(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}; exec ip netns exec {ns} iperf3 -s -B {peer_ip} -p {port}",
-                procs("server").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the iperf3 server")?,
-    );
+    let server = pair.iperf_server(port)?;
     let root = w.root("tp");
-    let layout = w.layout(
-        "tp",
-        &format!(
-            "root = {root:?}\n[tc]\ninterfaces = [{host:?}]\n[cgroup_skb]\nattach = [\"/{tp}\"]\n\
-             [stats]\ncgroups = [\"/{tp}/**\"]\n"
-        ),
-    )?;
+    let layout = pair.layout(&root)?;
     let client = |seconds: u32| -> Result<f64> {
-        check_interrupted()?;
-        // The server may still be starting: retry a refused connection.
-        let mut last = String::new();
-        for _ in 0..50 {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "echo $$ > {}; exec iperf3 -c {peer_ip} -p {port} -t {seconds} -J",
-                    procs("client").display()
-                ))
-                .output()
-                .context("running the iperf3 client")?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-                return Ok(bps / 1e9);
-            }
-            last = v["error"].as_str().unwrap_or("no JSON output").to_string();
-            thread::sleep(Duration::from_millis(100));
-        }
-        bail!("iperf3 client failed: {last}")
+        let v = pair.iperf_client(port, seconds, "")?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|bps| bps / 1e9)
+            .ok_or_else(|| anyhow!("iperf3 said no sum_received"))
     };
     let attach = || -> Result<()> {
         run(Command::new(&w.cgacct_pin).arg("apply").arg(&layout))?;
@@ -127,13 +64,13 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
             let a = client(o.seconds)?;
             attach()?;
             let b = client(o.seconds)?;
-            check_counted(&root, &tp)?;
+            check_counted(&root, &pair.cgroup)?;
             detach()?;
             (a, b)
         } else {
             attach()?;
             let b = client(o.seconds)?;
-            check_counted(&root, &tp)?;
+            check_counted(&root, &pair.cgroup)?;
             detach()?;
             (client(o.seconds)?, b)
         };
@@ -142,8 +79,7 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         ratio.push(b / a);
     }
     drop(server);
-    let _ = run(Command::new("ip").args(["netns", "del", &ns]));
-    w.remove_cgroups("tp")?;
+    drop(pair);
 
     let secs = o.seconds;
     report.figure(

@@ -3,6 +3,8 @@
 //!
 //! - `floor_cg`, `floor_tc`: empty programs of the two packet-path types.
 //!   What any program of that type costs: the floor.
+//! - `floor_kfree_skb`, `floor_sock_state`: empty BTF tracepoint programs
+//!   on the two tracepoints cgacct's busiest health programs use.
 //! - `naive_cg`, `naive_tc`: the design cgacct avoids, one shared hash map
 //!   per key kind, updated with atomic adds. They measure a packet exactly
 //!   as cgacct does (the same `measure`, compiled from programs/src), so the
@@ -18,8 +20,8 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
     btf_maps::HashMap,
     helpers::generated::bpf_skb_cgroup_id,
-    macros::{btf_map, cgroup_skb, classifier},
-    programs::{SkBuffContext, TcContext},
+    macros::{btf_map, btf_tracepoint, cgroup_skb, classifier},
+    programs::{BtfTracePointContext, SkBuffContext, TcContext},
 };
 use cgacct_common::Counters;
 
@@ -46,6 +48,16 @@ pub fn floor_cg(_ctx: SkBuffContext) -> i32 {
 #[classifier]
 pub fn floor_tc(_ctx: TcContext) -> i32 {
     NEXT
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn floor_kfree_skb(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn floor_sock_state(_ctx: BtfTracePointContext) -> i32 {
+    0
 }
 
 #[cgroup_skb(ingress)]
