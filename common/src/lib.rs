@@ -29,6 +29,13 @@ impl Counters {
         self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
         self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
     }
+
+    /// Nonzero when any field is: one test where `!=` makes one branch
+    /// per field, each a state of its own for the BPF verifier.
+    #[inline(always)]
+    pub fn any(&self) -> u64 {
+        self.rx_bytes | self.rx_packets | self.tx_bytes | self.tx_packets
+    }
 }
 
 /// What a cgroup iterator gathers while it walks one stats file's subtree.
@@ -74,6 +81,12 @@ impl Totals {
         self.socket.add(&other.socket);
         self.tc.add(&other.tc);
         self.veth.add(&other.veth);
+    }
+
+    /// Nonzero when any field is (see [`Counters::any`]).
+    #[inline(always)]
+    pub fn any(&self) -> u64 {
+        self.socket.any() | self.tc.any() | self.veth.any()
     }
 }
 
@@ -267,8 +280,11 @@ pub mod maps {
     /// Per-CPU array of one [`crate::Counters`]: class counts that no full
     /// `CLASS_STATS` or `CLASS_DEPARTED` could take.
     pub const CLASS_OVERFLOW: &str = "CLASS_OVERFLOW";
+    /// Per-CPU array of one [`crate::SUM_WORDS`] `u64`s: where a program
+    /// adds up every CPU's slots of a per-CPU map.
+    pub const SUM_SCRATCH: &str = "SUM_SCRATCH";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -288,6 +304,7 @@ pub mod maps {
         CLASS_DEPARTED,
         CLASS_SCRATCH,
         CLASS_OVERFLOW,
+        SUM_SCRATCH,
     ];
 }
 
@@ -304,6 +321,11 @@ pub mod programs {
     /// BTF tracepoint `cgroup_release`: a removed cgroup's last reference
     /// is gone; folds what is left under its id and ends its `DYING` entry.
     pub const CGROUP_RELEASE: &str = "cgacct_cgroup_release";
+    /// [`CGROUP_RMDIR`] and [`CGROUP_RELEASE`] built for shared counter
+    /// maps only (kernels before 5.19), loaded in their place there and
+    /// pinned under their names.
+    pub const CGROUP_RMDIR_SHARED: &str = "cgacct_cgroup_rmdir_shared";
+    pub const CGROUP_RELEASE_SHARED: &str = "cgacct_cgroup_release_shared";
 }
 
 /// Read-only globals the loader sets before the object is loaded.
@@ -330,6 +352,10 @@ pub mod globals {
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.
 pub const MAX_CPUS: u32 = 1024;
+
+/// `u64`s in a `SUM_SCRATCH` value: room for three [`Counters`] or one
+/// [`Health`].
+pub const SUM_WORDS: usize = 12;
 
 #[cfg(feature = "user")]
 mod user {
@@ -379,6 +405,17 @@ pub struct Health {
 }
 
 impl Health {
+    /// Nonzero when any field is (see [`Counters::any`]).
+    #[inline(always)]
+    pub fn any(&self) -> u64 {
+        self.tcp_active_opens
+            | self.tcp_passive_opens
+            | self.tcp_retrans_segs
+            | self.tcp_timeouts
+            | self.tcp_out_rsts
+            | self.drop_packets
+    }
+
     #[inline(always)]
     pub fn add(&mut self, o: &Health) {
         self.tcp_active_opens = self.tcp_active_opens.wrapping_add(o.tcp_active_opens);

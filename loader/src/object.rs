@@ -100,6 +100,18 @@ pub fn programs(k: Kernel) -> &'static [&'static str] {
     }
 }
 
+/// The program of the object loaded on kernel `k` for the one pinned as
+/// `name`: the removal programs have a build for shared counter maps,
+/// whose code holds no per-CPU sum (a `bpf_loop` callback, which kernels
+/// before 5.13 refuse to load even where it is never called).
+pub fn object_program(name: &str, k: Kernel) -> &str {
+    match (name, k.shared_counters) {
+        (prog::CGROUP_RMDIR, true) => prog::CGROUP_RMDIR_SHARED,
+        (prog::CGROUP_RELEASE, true) => prog::CGROUP_RELEASE_SHARED,
+        _ => name,
+    }
+}
+
 /// The BTF tracepoint programs, with the tracepoint each attaches to.
 pub const TRACEPOINTS: [(&str, &str); 2] = [
     (prog::CGROUP_RMDIR, "cgroup_rmdir"),
@@ -156,7 +168,7 @@ pub fn class_entries(sizes: &MapSizes) -> u32 {
 }
 
 /// The maps this build and layout need on kernel `k`, by name.
-pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 19] {
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 20] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -228,6 +240,10 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 19
             ),
         ),
         (maps::CLASS_OVERFLOW, shape(MapType::PerCpuArray, 4, c, 1)),
+        (
+            maps::SUM_SCRATCH,
+            shape(MapType::PerCpuArray, 4, 8 * cgacct_common::SUM_WORDS, 1),
+        ),
     ]
 }
 
@@ -267,9 +283,10 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 6] = [
+pub const REBUILT_MAPS: [&str; 7] = [
     maps::ITER_SCRATCH,
     maps::REMOVED_SCRATCH,
+    maps::SUM_SCRATCH,
     maps::IFACE_OWNER,
     maps::CLASS_SCRATCH,
     cgacct_common::health::maps::REBUILT[0],

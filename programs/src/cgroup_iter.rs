@@ -66,14 +66,16 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         return;
     };
     health::visit(id, session, seq_num);
-    let [own, own_tc, own_veth] = sum_counters(
+    let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, false>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&VETH_STATS).cast_mut().cast(),
         ],
         &id,
-    );
+    ) else {
+        return;
+    };
     // Removed descendants, folded in when each was removed (under the same
     // cgroup_mutex this walk holds): subtree sums never go backwards.
     let gone = match DEPARTED.get_ptr(id) {
@@ -175,7 +177,9 @@ fn print_overflow(seq: *mut seq_file) {
     let mut v = [0u64; 2 * overflow::BUCKETS as usize];
     let mut b = 0u32;
     while b < overflow::BUCKETS {
-        let [c] = sum_percpu([map], &b);
+        let Some([c]) = sum_percpu::<u32, Counters, 1>([map], &b) else {
+            return;
+        };
         let i = 2 * b as usize;
         if i + 1 < v.len() {
             v[i] = c.rx_packets + c.tx_packets;

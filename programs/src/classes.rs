@@ -145,30 +145,36 @@ fn into_departed(ancestor: Option<u64>, class: u32, c: &Counters) {
     }
 }
 
-/// A cgroup's own and removed descendants' counts of `class`.
+/// A cgroup's own and removed descendants' counts of `class`
+/// (`SHARED_ONLY`: see [`sum_counters`]).
 #[inline(always)]
-pub fn totals(id: u64, class: u32) -> (Counters, Counters) {
+pub fn totals<const SHARED_ONLY: bool>(id: u64, class: u32) -> Option<(Counters, Counters)> {
     let k = key(id, class);
-    let [own] = sum_counters([ptr::from_ref(&CLASS_STATS).cast_mut().cast()], &k);
+    let [own] = sum_counters::<ClassKey, Counters, 1, SHARED_ONLY>(
+        [ptr::from_ref(&CLASS_STATS).cast_mut().cast()],
+        &k,
+    )?;
     let gone = match CLASS_DEPARTED.get_ptr(&k) {
         // SAFETY: non-NULL lookup result.
         Some(d) => unsafe { *d },
         None => Counters::default(),
     };
-    (own, gone)
+    Some((own, gone))
 }
 
 /// Folds every class count under `id` (its own and its removed
 /// descendants') into `to`'s `CLASS_DEPARTED` entries and deletes them:
 /// the removal and release tracepoints' part for classes.
 #[inline(always)]
-pub fn fold(id: u64, to: Option<u64>) {
+pub fn fold<const SHARED_ONLY: bool>(id: u64, to: Option<u64>) {
     let n = indices();
     let mut class = 0;
     while class < classes::MAX && class < n {
-        let (mut t, gone) = totals(id, class);
+        let Some((mut t, gone)) = totals::<SHARED_ONLY>(id, class) else {
+            return;
+        };
         t.add(&gone);
-        if t != Counters::default() {
+        if t.any() != 0 {
             into_departed(to, class, &t);
         }
         let k = key(id, class);
@@ -186,7 +192,9 @@ pub fn visit(id: u64, session: u64, seq_num: u64) {
     let n = indices();
     let mut class = 0;
     while class < classes::MAX && class < n {
-        let (own, gone) = totals(id, class);
+        let Some((own, gone)) = totals::<false>(id, class) else {
+            return;
+        };
         let mut sub = own;
         sub.add(&gone);
         let k = key(session, class);

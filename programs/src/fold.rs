@@ -74,9 +74,6 @@ const MAX_REMOVED_ANCESTORS: u32 = 16;
 /// benchmark's programs use the same instruction.
 #[inline(always)]
 fn atomic_add(p: *mut u64, v: u64) {
-    if v == 0 {
-        return; // most fields of one packet's counters
-    }
     // SAFETY: `p` points at an 8-aligned u64 in a map value that every
     // writer changes with atomic adds only.
     unsafe {

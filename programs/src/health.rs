@@ -28,18 +28,15 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::{seq_file, BPF_ANY, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_map_lookup_percpu_elem, bpf_sk_storage_get},
-    },
+    helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get},
     macros::{btf_map, btf_tracepoint, fentry},
     programs::{BtfTracePointContext, FEntryContext},
 };
-use cgacct_common::{health, Health, HealthAcc, MAX_CPUS};
+use cgacct_common::{health, Health, HealthAcc};
 
 use crate::{
     fold::{dying, live_ancestor},
-    kernel::{cgroup_id, shared_counters, NR_CPUS},
+    kernel::{cgroup_id, shared_counters, sum_counters},
     maps::ON_DEMAND,
 };
 
@@ -504,33 +501,12 @@ pub fn cgacct_kfree_skb(ctx: BtfTracePointContext) -> i32 {
 // ---- the iterator and removal ----
 
 /// Sum of every CPU's `HEALTH_STATS[id]`, or its one value when shared
-/// (the verifier then never looks at the per-CPU loop, so kernels without
-/// `bpf_map_lookup_percpu_elem` load it).
+/// (`SHARED_ONLY`: see [`sum_counters`]).
 #[inline(always)]
-fn own(id: u64) -> Health {
-    if shared_counters() {
-        return match HEALTH_STATS.get_ptr_mut(&id) {
-            // SAFETY: non-NULL lookup result (a shared value: its fields
-            // change by atomic adds only).
-            Some(p) => unsafe { *p },
-            None => Health::default(),
-        };
-    }
+fn own<const SHARED_ONLY: bool>(id: u64) -> Option<Health> {
     let map: *mut c_void = ptr::from_ref(&HEALTH_STATS).cast_mut().cast();
-    let nr_cpus = global(&NR_CPUS) as u32;
-    let mut total = Health::default();
-    let mut cpu = 0u32;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        // SAFETY: helper call with a valid map and key; NULL when absent.
-        let slot =
-            unsafe { bpf_map_lookup_percpu_elem(map, ptr::from_ref(&id).cast(), cpu) } as *const Health;
-        if !slot.is_null() {
-            // SAFETY: non-NULL lookup result.
-            total.add(unsafe { &*slot });
-        }
-        cpu += 1;
-    }
-    total
+    let [h] = sum_counters::<u64, Health, 1, SHARED_ONLY>([map], &id)?;
+    Some(h)
 }
 
 #[inline(always)]
@@ -545,7 +521,9 @@ fn gone(id: u64) -> Health {
 /// One cgroup of an iterator walk (`seq_num` 0: the file's own cgroup).
 #[inline(always)]
 pub fn visit(id: u64, session: u64, seq_num: u64) {
-    let mine = own(id);
+    let Some(mine) = own::<false>(id) else {
+        return;
+    };
     let mut sub = mine;
     sub.add(&gone(id));
     if seq_num == 0 {
@@ -632,11 +610,13 @@ fn out<const F: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; 2]) {
 /// `id` is removed (rmdir, under `cgroup_mutex`): its counters and those of
 /// its removed descendants go to `parent`'s `HEALTH_DEPARTED` entry.
 #[inline(always)]
-pub fn removed(id: u64, parent: u64) {
-    let mine = own(id);
+pub fn removed<const SHARED_ONLY: bool>(id: u64, parent: u64) {
+    let Some(mine) = own::<SHARED_ONLY>(id) else {
+        return;
+    };
     let mut h = mine;
     h.add(&gone(id));
-    if h != Health::default() {
+    if h.any() != 0 {
         into_departed(Some(parent), &h);
         // Beside the `REMOVED` record (an LRU hash of the same size).
         let rec = HealthAcc {
@@ -652,10 +632,12 @@ pub fn removed(id: u64, parent: u64) {
 /// `id` is released by the kernel: what still sits under it goes to its
 /// nearest live ancestor, starting at `parent`.
 #[inline(always)]
-pub fn released(id: u64, parent: u64) {
-    let mut h = own(id);
+pub fn released<const SHARED_ONLY: bool>(id: u64, parent: u64) {
+    let Some(mut h) = own::<SHARED_ONLY>(id) else {
+        return;
+    };
     h.add(&gone(id));
-    if h != Health::default() {
+    if h.any() != 0 {
         into_departed(live_ancestor(parent), &h);
     }
     let _ = HEALTH_STATS.remove(&id);

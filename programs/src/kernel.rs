@@ -5,9 +5,11 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
-    generated::{bpf_map_lookup_elem, bpf_map_lookup_percpu_elem},
+    generated::{bpf_loop, bpf_map_lookup_elem, bpf_map_lookup_percpu_elem},
 };
-use cgacct_common::{Counters, MAX_CPUS};
+use cgacct_common::{Counters, Health, MAX_CPUS, SUM_WORDS};
+
+use crate::maps::SUM_SCRATCH;
 
 // Set by the loader before load (read-only data: the verifier sees them as
 // constants). The defaults only matter if the loader forgot to set them.
@@ -107,50 +109,117 @@ pub unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
     unsafe { kn_id(cgroup_kn(cgroup)?) }
 }
 
-/// The whole count of `map[key]` for each of the cgroup counter maps
-/// `maps`: the one shared value when they are shared (the verifier sees
-/// the constant and never looks at the per-CPU branch, so kernels without
-/// `bpf_map_lookup_percpu_elem` load it), else every CPU's slot summed.
+/// A value of a counter map that sums: [`Counters`], [`Health`].
+pub trait Summed: Copy + Default {
+    fn plus(&mut self, other: &Self);
+}
+
+impl Summed for Counters {
+    #[inline(always)]
+    fn plus(&mut self, other: &Self) {
+        self.add(other);
+    }
+}
+
+impl Summed for Health {
+    #[inline(always)]
+    fn plus(&mut self, other: &Self) {
+        self.add(other);
+    }
+}
+
+/// The whole count of `map[key]` for each of the counter maps `maps`: the
+/// one shared value when they are shared, else every CPU's slot summed
+/// ([`sum_percpu`]). `SHARED_ONLY`: the program is built for shared maps
+/// only (no per-CPU sum in its code at all; see `removal`), else the
+/// loader's [`SHARED_COUNTERS`] decides, a constant to the verifier, which
+/// never looks at the branch not taken. None only where `SUM_SCRATCH` has
+/// no slot, which never happens to a loaded object: the caller gives up.
 #[inline(always)]
-pub fn sum_counters<K, const M: usize>(maps: [*mut c_void; M], key: &K) -> [Counters; M] {
-    if !shared_counters() {
+pub fn sum_counters<K: Copy, V: Summed, const M: usize, const SHARED_ONLY: bool>(
+    maps: [*mut c_void; M],
+    key: &K,
+) -> Option<[V; M]> {
+    if !SHARED_ONLY && !shared_counters() {
         return sum_percpu(maps, key);
     }
-    let mut total = [Counters::default(); M];
+    let mut total = [V::default(); M];
     let mut i = 0;
     while i < M {
         // SAFETY: helper call with a valid map and key; NULL when absent.
-        let v = unsafe { bpf_map_lookup_elem(maps[i], ptr::from_ref(key).cast()) } as *const Counters;
+        let v = unsafe { bpf_map_lookup_elem(maps[i], ptr::from_ref(key).cast()) } as *const V;
         if !v.is_null() {
-            // SAFETY: non-NULL lookup result points at a `Counters`.
-            total[i].add(unsafe { &*v });
+            // SAFETY: non-NULL lookup result points at a `V`.
+            total[i].plus(unsafe { &*v });
         }
         i += 1;
     }
-    total
+    Some(total)
 }
 
-/// Sum of every CPU's slot of `map[key]`, for each of `maps`: one loop
-/// over the CPUs for all of them keeps the verifier's work small.
+/// What one CPU's step of [`sum_percpu`] reads, and where it adds.
+#[repr(C)]
+struct CpuSum<K, const M: usize> {
+    maps: [*mut c_void; M],
+    key: K,
+    /// `SUM_SCRATCH`'s slot, as `[V; M]`.
+    total: *mut c_void,
+}
+
+/// One CPU's slots of `ctx.maps[..][ctx.key]`, added to `ctx.total`; 0:
+/// go on with the next CPU.
+extern "C" fn cpu_step<K, V: Summed, const M: usize>(cpu: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes the `CpuSum` that `sum_percpu` gave it.
+    let ctx = unsafe { &*ctx.cast::<CpuSum<K, M>>() };
+    // SAFETY: `sum_percpu` checked that `[V; M]` fits the slot.
+    let total = unsafe { &mut *ctx.total.cast::<[V; M]>() };
+    let mut i = 0;
+    while i < M {
+        // SAFETY: helper call with a valid map and key; NULL when absent
+        // (or past the last possible CPU).
+        let slot =
+            unsafe { bpf_map_lookup_percpu_elem(ctx.maps[i], ptr::from_ref(&ctx.key).cast(), cpu as u32) }
+                as *const V;
+        if !slot.is_null() {
+            // SAFETY: non-NULL lookup result points at a `V`.
+            total[i].plus(unsafe { &*slot });
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Sum of every CPU's slot of `map[key]`, for each of `maps`, by
+/// `bpf_loop` (Linux >= 5.17; per-CPU counter maps are used from 5.19 on,
+/// where other CPUs' slots can be read), adding up in `SUM_SCRATCH`: the
+/// verifier checks one CPU's step once per call, whatever the number of
+/// CPUs. Unrolled, the removal programs took the verifier past its million
+/// instructions on a host with 64 possible CPUs.
 #[inline(always)]
-pub fn sum_percpu<K, const M: usize>(maps: [*mut c_void; M], key: &K) -> [Counters; M] {
+pub fn sum_percpu<K: Copy, V: Summed, const M: usize>(maps: [*mut c_void; M], key: &K) -> Option<[V; M]> {
+    const { assert!(size_of::<[V; M]>() <= 8 * SUM_WORDS) };
+    let slot = SUM_SCRATCH.get_ptr_mut(0)?.cast::<[V; M]>();
+    // SAFETY: this CPU's slot, big enough (above); its users run one at a
+    // time (under cgroup_mutex).
+    unsafe { *slot = [V::default(); M] };
     // SAFETY: read-only global.
     let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
-    let mut total = [Counters::default(); M];
-    let mut cpu = 0u32;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        let mut i = 0;
-        while i < M {
-            // SAFETY: helper call with a valid map and key; NULL when absent.
-            let slot = unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) }
-                as *const Counters;
-            if !slot.is_null() {
-                // SAFETY: non-NULL lookup result points at a `Counters`.
-                total[i].add(unsafe { &*slot });
-            }
-            i += 1;
-        }
-        cpu += 1;
+    let mut ctx = CpuSum {
+        maps,
+        key: *key,
+        total: slot.cast(),
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = cpu_step::<K, V, M>;
+    // SAFETY: a static callback of the signature bpf_loop calls, and a
+    // context on this stack that outlives the call.
+    unsafe {
+        bpf_loop(
+            nr_cpus.min(MAX_CPUS),
+            step as *mut c_void,
+            ptr::from_mut(&mut ctx).cast(),
+            0,
+        );
     }
-    total
+    // SAFETY: as above.
+    Some(unsafe { *slot })
 }

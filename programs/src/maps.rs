@@ -15,6 +15,7 @@ use aya_ebpf::{
 };
 use cgacct_common::{
     classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IterAcc, Removed,
+    SUM_WORDS,
 };
 
 /// Flags of the per-CPU counter maps: entries allocated when first used.
@@ -59,6 +60,14 @@ pub static REMOVED: LruHashMap<u64, Removed, 16384> = LruHashMap::new();
 /// Where a `Removed` record is built (too big for the BPF stack).
 #[btf_map]
 pub static REMOVED_SCRATCH: PerCpuArray<Removed, 1> = PerCpuArray::new();
+
+/// Where [`crate::kernel::sum_percpu`] adds up: in a map value, which the
+/// verifier never tracks, so every way through the sum leaves the same
+/// state behind (on the stack, "no CPU had a slot" would be a state of
+/// known zeros beside one of unknown sums, doubling the states at each
+/// sum of a program). Its users run under `cgroup_mutex`: one at a time.
+#[btf_map]
+pub static SUM_SCRATCH: PerCpuArray<[u64; SUM_WORDS], 1> = PerCpuArray::new();
 
 /// removed cgroup id -> where its late traffic goes and how much came;
 /// from its removal until the kernel releases it (longer only as a record

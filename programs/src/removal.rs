@@ -34,7 +34,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cgacct_common::{Dying, Totals};
+use cgacct_common::{Counters, Dying, Totals};
 
 use crate::{
     classes,
@@ -50,12 +50,25 @@ pub fn cgacct_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
     // SAFETY: kernel pointers are only read through probe helpers.
-    unsafe { fold(cgrp, path) };
+    unsafe { fold::<false>(cgrp, path) };
+    0
+}
+
+/// [`cgacct_cgroup_rmdir`] for kernels whose counter maps are shared
+/// (before 5.19): no per-CPU sum in its code, so no `bpf_loop` callback,
+/// which kernels before 5.13 cannot load at all. The loader loads one of
+/// the two and pins it under the first one's name.
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn cgacct_cgroup_rmdir_shared(ctx: BtfTracePointContext) -> i32 {
+    let cgrp: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    // SAFETY: as above.
+    unsafe { fold::<true>(cgrp, path) };
     0
 }
 
 #[inline(always)]
-unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
+unsafe fn fold<const SHARED_ONLY: bool>(cgrp: *const u8, path: *const u8) -> Option<()> {
     // SAFETY: probe reads. A hierarchy that cannot be read is not taken
     // for cgroup2.
     if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
@@ -76,14 +89,7 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
     let rec = REMOVED_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, not preempted while the program runs.
     let rec = unsafe { &mut *rec };
-    let [socket, tc, veth] = sum_counters(
-        [
-            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
-            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
-            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
-        ],
-        &id,
-    );
+    let [socket, tc, veth] = counter_totals::<SHARED_ONLY>(id)?;
     rec.id = id;
     rec.parent_id = parent;
     // SAFETY: helper without arguments.
@@ -107,9 +113,9 @@ unsafe fn fold(cgrp: *const u8, path: *const u8) -> Option<()> {
         rec.path[0] = 0;
     }
     let _ = REMOVED.insert(id, &*rec, BPF_ANY as u64);
-    health::removed(id, parent);
+    health::removed::<SHARED_ONLY>(id, parent);
 
-    classes::fold(id, Some(parent));
+    classes::fold::<SHARED_ONLY>(id, Some(parent));
 
     // Its counters live on in the record: free the map space.
     let _ = DEPARTED.remove(id);
@@ -124,13 +130,36 @@ pub fn cgacct_cgroup_release(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct cgroup *cgrp, const char *path)
     let cgrp: *const u8 = ctx.arg(0);
     // SAFETY: kernel pointers are only read through probe helpers.
-    unsafe { release(cgrp) };
+    unsafe { release::<false>(cgrp) };
     0
+}
+
+/// [`cgacct_cgroup_release`] for shared counter maps (see
+/// [`cgacct_cgroup_rmdir_shared`]).
+#[btf_tracepoint(function = "cgroup_release")]
+pub fn cgacct_cgroup_release_shared(ctx: BtfTracePointContext) -> i32 {
+    let cgrp: *const u8 = ctx.arg(0);
+    // SAFETY: as above.
+    unsafe { release::<true>(cgrp) };
+    0
+}
+
+/// The three cgroup counter maps' whole counts of `id`.
+#[inline(always)]
+fn counter_totals<const SHARED_ONLY: bool>(id: u64) -> Option<[Counters; 3]> {
+    sum_counters::<u64, Counters, 3, SHARED_ONLY>(
+        [
+            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
+            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
+        ],
+        &id,
+    )
 }
 
 /// The kernel lets a removed cgroup go: no socket refers to it any more.
 #[inline(always)]
-unsafe fn release(cgrp: *const u8) -> Option<()> {
+unsafe fn release<const SHARED_ONLY: bool>(cgrp: *const u8) -> Option<()> {
     // SAFETY: probe reads, as in `fold`.
     if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
         return None;
@@ -141,14 +170,7 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
     // What still sits under its id: counted after its removal while no
     // DYING entry routed it (that map full, or cgacct not loaded yet when
     // it was removed).
-    let [socket, tc, veth] = sum_counters(
-        [
-            ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
-            ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
-            ptr::from_ref(&VETH_STATS).cast_mut().cast(),
-        ],
-        &id,
-    );
+    let [socket, tc, veth] = counter_totals::<SHARED_ONLY>(id)?;
     let mut left = Totals { socket, tc, veth };
     let mut cgroups = 0;
     if let Some(d) = DEPARTED.get_ptr(id) {
@@ -165,9 +187,9 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
         None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
     };
     if let Some(parent) = health_parent {
-        health::released(id, parent);
+        health::released::<SHARED_ONLY>(id, parent);
     }
-    if cgroups != 0 || left != Totals::default() {
+    if cgroups | left.any() != 0 {
         let parent = match dying {
             // SAFETY: non-NULL lookup result.
             Some(d) => unsafe { (*d).parent_id },
@@ -186,7 +208,7 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
         // SAFETY: probe reads.
         None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
     };
-    classes::fold(id, to.and_then(live_ancestor));
+    classes::fold::<SHARED_ONLY>(id, to.and_then(live_ancestor));
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);
@@ -195,7 +217,7 @@ unsafe fn release(cgrp: *const u8) -> Option<()> {
         // SAFETY: non-NULL lookup result; no packet can reach this entry
         // any more.
         let d = unsafe { &mut *d };
-        if d.late == Totals::default() {
+        if d.late.any() == 0 {
             let _ = DYING.remove(id);
         } else {
             // SAFETY: helper without arguments.

@@ -106,6 +106,56 @@ fn short_lived_cgroups_keep_final_totals_and_parents_never_drop() {
     assert!(job1["age_seconds"].as_f64().expect("age") < 120.0);
 }
 
+/// The programs sum every possible CPU's counters at removal and in the
+/// iterator; how hard the kernel's verifier works on them must not grow
+/// with that count (unrolled per CPU, the removal programs stopped loading
+/// at 64 possible CPUs). Loaded as on a host with 1024 possible CPUs, the
+/// most cgacct supports, removal still folds exactly: the CPUs the host
+/// lacks have no slots and add nothing.
+#[test]
+fn removal_is_exact_with_the_programs_summing_1024_cpus() {
+    require_kernel!();
+    let mut w = World::new(&["jobs.slice"]);
+    w.write_layout();
+    let bad = w.try_cgacct(&["apply", w.layout_arg()], &[("CGACCT_PROGRAM_CPUS", "0")]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("CGACCT_PROGRAM_CPUS"),
+        "{err}"
+    );
+    assert!(
+        !w.root.join("progs").exists(),
+        "a refused apply left programs pinned"
+    );
+    let out = w.try_cgacct(&["apply", w.layout_arg()], &[("CGACCT_PROGRAM_CPUS", "1024")]);
+    assert!(
+        out.status.success(),
+        "apply with 1024 CPUs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.add_cgroup("jobs.slice/job.scope");
+    w.send_udp("jobs.slice/job.scope", false, 9, 100);
+    let live = w.stat("jobs.slice");
+    assert_eq!(live["tx_packets"], 9);
+    fs::remove_dir(w.cgroup_mount.join(w.cgroup("jobs.slice/job.scope"))).expect("rmdir job");
+    let after = w.stat("jobs.slice");
+    for key in SUBTREE_KEYS {
+        assert_eq!(
+            after[key], live[key],
+            "{key} changed when the child went: {after:?}"
+        );
+    }
+    assert_eq!(after["removed_cgroups"], 1);
+    let recs = removed(&w);
+    let path = format!("/{}", w.cgroup("jobs.slice/job.scope"));
+    let rec = recs
+        .iter()
+        .find(|r| r["cgroup"] == path.as_str())
+        .unwrap_or_else(|| panic!("no record for {path}: {recs:?}"));
+    assert_eq!(rec["own"]["socket"]["tx_packets"], 9);
+    assert_eq!(rec["own"]["socket"]["tx_bytes"], 9 * 128);
+}
+
 /// A named cgroup v1 hierarchy of the test's own, mounted on a directory of
 /// its own. Its kernfs ids are its own too, and start low: rmdir in it fires
 /// the same `cgroup_rmdir` tracepoint as rmdir in cgroup2. Dropping it

@@ -33,7 +33,7 @@ pub fn load_programs(
         let _ = writeln!(std::io::stdout().lock(), "note: {line}");
     }
     for &name in object::programs(k) {
-        load_pinned(&mut ebpf, pins, name, &btf)?;
+        load_pinned(&mut ebpf, pins, name, object::object_program(name, k), &btf)?;
     }
     Ok(ebpf)
 }
@@ -56,7 +56,7 @@ fn against_pins(
     health: &HealthKernel,
 ) -> Result<Ebpf> {
     let offsets = kernel::offsets()?;
-    let nr_cpus = kernel::nr_cpus()?;
+    let nr_cpus = kernel::program_cpus()?;
     let k = kernel::features().object();
     let shared = u32::from(k.shared_counters);
     let build = object::this_build();
@@ -85,25 +85,27 @@ fn against_pins(
     loader.load(object::OBJECT).context("loading the BPF object")
 }
 
-/// Loads program `name` of the object and pins it in place of the pinned one.
-fn load_pinned(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()> {
+/// Loads program `from` of the object and pins it as `name`, in place of
+/// the pinned one.
+fn load_pinned(ebpf: &mut Ebpf, pins: &Pins, name: &str, from: &str, btf: &Btf) -> Result<()> {
     let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        .program_mut(from)
+        .ok_or_else(|| anyhow!("program {from} missing from the object"))?;
     let pin = pins.prog(name);
-    match program {
-        aya::programs::Program::SchedClassifier(p) => p.load()?,
-        aya::programs::Program::CgroupSkb(p) => p.load()?,
-        aya::programs::Program::Iter(p) => p.load("cgroup", btf)?,
+    let loaded = match program {
+        aya::programs::Program::SchedClassifier(p) => p.load(),
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        aya::programs::Program::Iter(p) => p.load("cgroup", btf),
         aya::programs::Program::BtfTracePoint(p) => {
             let (_, tracepoint) = object::TRACEPOINTS
                 .into_iter()
                 .find(|(n, _)| *n == name)
                 .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
-            p.load(tracepoint, btf)?
+            p.load(tracepoint, btf)
         }
         _ => bail!("program {name} has an unexpected type"),
-    }
+    };
+    loaded.with_context(|| format!("loading program {from}"))?;
     sys::fault::step();
     if pin.exists() {
         fs::remove_file(&pin)?;

@@ -36,8 +36,9 @@ const DISPLACING: [&str; 5] = [
 
 /// Arrays (always "full"), overflow buckets and socket storage (no keys to
 /// count): not listed.
-const UNLISTED: [&str; 9] = [
+const UNLISTED: [&str; 10] = [
     maps::REMOVED_SCRATCH,
+    maps::SUM_SCRATCH,
     maps::OVERFLOW,
     maps::CLASS_NAMES,
     maps::CLASS_CONFIG,
