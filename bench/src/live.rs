@@ -26,7 +26,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{SocketAddr, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -50,7 +50,7 @@ use cgacct_pin::{
 use crate::{
     packet,
     report::{fmt, Report, Summary, Unit, Verdict},
-    traffic::Pair,
+    traffic::{iperf3_present, setsockopt, Pair},
     world::{check_interrupted, run, World},
 };
 
@@ -208,13 +208,11 @@ fn stats_on() -> Result<OwnedFd> {
 }
 
 pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
-    if Command::new("iperf3").arg("--version").output().is_err() {
-        report.note(
-            SECTION,
-            "programs' cost under iperf3, drops and connections",
-            "iperf3 not installed (scripts/bench.sh installs it): not measured",
-            Verdict::NotAvailable,
-        );
+    if !iperf3_present(
+        report,
+        SECTION,
+        "programs' cost under iperf3, drops and connections",
+    ) {
         return Ok(());
     }
     let pair = Pair::new(w, "lv", 252)?;
@@ -502,19 +500,7 @@ fn churn(dst: SocketAddr, dur: Duration) -> Result<u64> {
     };
     while start.elapsed() < dur {
         let s = TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
-        // SAFETY: setsockopt on an open socket with a `struct linger`.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                std::ptr::from_ref(&linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("setsockopt SO_LINGER");
-        }
+        setsockopt(&s, libc::SO_LINGER, &linger).context("setsockopt SO_LINGER")?;
         n += 1;
     }
     Ok(n)

@@ -13,7 +13,7 @@ use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
-    traffic::Pair,
+    traffic::{iperf3_present, Pair},
     world::{run, World},
 };
 
@@ -29,13 +29,7 @@ fn summary(v: &[f64]) -> Result<Summary> {
 }
 
 pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
-    if Command::new("iperf3").arg("--version").output().is_err() {
-        report.note(
-            SECTION,
-            "TCP through a veth, with / without cgacct",
-            "iperf3 not installed (scripts/bench.sh installs it): not measured",
-            Verdict::NotAvailable,
-        );
+    if !iperf3_present(report, SECTION, "TCP through a veth, with / without cgacct") {
         return Ok(());
     }
     let pair = Pair::new(w, "tp", 251)?;

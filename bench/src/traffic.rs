@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::{SocketAddr, TcpListener, UdpSocket},
-    os::fd::AsRawFd as _,
+    os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     thread,
@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::world::{check_interrupted, run, sh, World};
+use crate::{
+    report::{Report, Verdict},
+    world::{check_interrupted, run, sh, World},
+};
 
 /// A veth pair `<prefix><tag>a` (here) / `<prefix><tag>b` (in the netns
 /// `<prefix>-<tag>`), a /30 between them, and the cgroups `<tag>/client`
@@ -201,6 +204,38 @@ impl Pair<'_> {
     }
 }
 
+/// `setsockopt(SOL_SOCKET, name, value)` on an open socket.
+pub fn setsockopt<T>(socket: &impl AsRawFd, name: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: an open socket, and a value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// False, with a row saying so, when iperf3 is not installed.
+pub fn iperf3_present(report: &mut Report, section: &'static str, what: &str) -> bool {
+    if Command::new("iperf3").arg("--version").output().is_ok() {
+        return true;
+    }
+    report.note(
+        section,
+        what,
+        "iperf3 not installed (scripts/bench.sh installs it): not measured",
+        Verdict::NotAvailable,
+    );
+    false
+}
+
 /// `cgacct-bench --sink ADDR`: a UDP socket on ADDR with the smallest
 /// receive buffer, never read (every datagram past the first few is
 /// dropped: `SKB_DROP_REASON_SOCKET_RCVBUFF`, Udp RcvbufErrors), and a TCP
@@ -208,20 +243,7 @@ impl Pair<'_> {
 /// both are bound; runs until killed.
 pub fn sink(addr: SocketAddr) -> Result<()> {
     let udp = UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on an open socket with a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            udp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::from_ref(&one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("setsockopt SO_RCVBUF");
-    }
+    setsockopt(&udp, libc::SO_RCVBUF, &(1 as libc::c_int)).context("setsockopt SO_RCVBUF")?;
     let tcp = TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
     // A longer accept queue than std's 128: a burst of connections waits
     // instead of losing its SYNs (and the client a second to their
