@@ -233,9 +233,12 @@ pub fn drop_reasons(btf: &Btf) -> BTreeMap<u32, String> {
     out
 }
 
-/// [`drop_reasons`] of the running kernel (empty if its BTF cannot be read).
-pub fn running_drop_reasons() -> BTreeMap<u32, String> {
-    open_btf().map(|b| drop_reasons(&b)).unwrap_or_default()
+/// [`drop_reasons`] of the running kernel (empty if its BTF cannot be
+/// read), read once per process: the exporter names drops at every scrape,
+/// and the kernel's enum does not change while it runs.
+pub fn running_drop_reasons() -> &'static BTreeMap<u32, String> {
+    static NAMES: std::sync::OnceLock<BTreeMap<u32, String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| open_btf().map(|b| drop_reasons(&b)).unwrap_or_default())
 }
 
 /// The programs the last load could not load, from the pinned
