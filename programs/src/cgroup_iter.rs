@@ -19,7 +19,7 @@ use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
     classes, health,
-    kernel::{self, cgroup_id, sum_counters, sum_percpu},
+    kernel::{self, cgroup_id, sum, sum_counters, sum_unrolled},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
 };
 
@@ -66,7 +66,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         return;
     };
     health::visit(id, session, seq_num);
-    let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, false>(
+    let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, { sum::UNROLLED }>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
@@ -177,9 +177,7 @@ fn print_overflow(seq: *mut seq_file) {
     let mut v = [0u64; 2 * overflow::BUCKETS as usize];
     let mut b = 0u32;
     while b < overflow::BUCKETS {
-        let Some([c]) = sum_percpu::<u32, Counters, 1>([map], &b) else {
-            return;
-        };
+        let [c] = sum_unrolled::<u32, Counters, 1>([map], &b);
         let i = 2 * b as usize;
         if i + 1 < v.len() {
             v[i] = c.rx_packets + c.tx_packets;

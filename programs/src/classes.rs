@@ -24,7 +24,7 @@ use cgacct_common::{classes, ClassKey, Counters};
 use crate::{
     account::{bump_in, counters, Direction},
     fold::{add_counters, dying, live_ancestor},
-    kernel::{shared_counters, sum_counters},
+    kernel::{shared_counters, sum, sum_counters},
     maps::{
         CLASS_CONFIG, CLASS_DEPARTED, CLASS_NAMES, CLASS_OVERFLOW, CLASS_PREFIXES_V4, CLASS_PREFIXES_V6,
         CLASS_SCRATCH, CLASS_STATS,
@@ -146,11 +146,11 @@ fn into_departed(ancestor: Option<u64>, class: u32, c: &Counters) {
 }
 
 /// A cgroup's own and removed descendants' counts of `class`
-/// (`SHARED_ONLY`: see [`sum_counters`]).
+/// (`MODE`: see [`sum_counters`]).
 #[inline(always)]
-pub fn totals<const SHARED_ONLY: bool>(id: u64, class: u32) -> Option<(Counters, Counters)> {
+pub fn totals<const MODE: u8>(id: u64, class: u32) -> Option<(Counters, Counters)> {
     let k = key(id, class);
-    let [own] = sum_counters::<ClassKey, Counters, 1, SHARED_ONLY>(
+    let [own] = sum_counters::<ClassKey, Counters, 1, MODE>(
         [ptr::from_ref(&CLASS_STATS).cast_mut().cast()],
         &k,
     )?;
@@ -166,11 +166,11 @@ pub fn totals<const SHARED_ONLY: bool>(id: u64, class: u32) -> Option<(Counters,
 /// descendants') into `to`'s `CLASS_DEPARTED` entries and deletes them:
 /// the removal and release tracepoints' part for classes.
 #[inline(always)]
-pub fn fold<const SHARED_ONLY: bool>(id: u64, to: Option<u64>) {
+pub fn fold<const MODE: u8>(id: u64, to: Option<u64>) {
     let n = indices();
     let mut class = 0;
     while class < classes::MAX && class < n {
-        let Some((mut t, gone)) = totals::<SHARED_ONLY>(id, class) else {
+        let Some((mut t, gone)) = totals::<MODE>(id, class) else {
             return;
         };
         t.add(&gone);
@@ -192,7 +192,7 @@ pub fn visit(id: u64, session: u64, seq_num: u64) {
     let n = indices();
     let mut class = 0;
     while class < classes::MAX && class < n {
-        let Some((own, gone)) = totals::<false>(id, class) else {
+        let Some((own, gone)) = totals::<{ sum::UNROLLED }>(id, class) else {
             return;
         };
         let mut sub = own;

@@ -36,7 +36,7 @@ use cgacct_common::{health, Health, HealthAcc};
 
 use crate::{
     fold::{dying, live_ancestor},
-    kernel::{cgroup_id, shared_counters, sum_counters},
+    kernel::{cgroup_id, shared_counters, sum, sum_counters},
     maps::ON_DEMAND,
 };
 
@@ -501,11 +501,11 @@ pub fn cgacct_kfree_skb(ctx: BtfTracePointContext) -> i32 {
 // ---- the iterator and removal ----
 
 /// Sum of every CPU's `HEALTH_STATS[id]`, or its one value when shared
-/// (`SHARED_ONLY`: see [`sum_counters`]).
+/// (`MODE`: see [`sum_counters`]).
 #[inline(always)]
-fn own<const SHARED_ONLY: bool>(id: u64) -> Option<Health> {
+fn own<const MODE: u8>(id: u64) -> Option<Health> {
     let map: *mut c_void = ptr::from_ref(&HEALTH_STATS).cast_mut().cast();
-    let [h] = sum_counters::<u64, Health, 1, SHARED_ONLY>([map], &id)?;
+    let [h] = sum_counters::<u64, Health, 1, MODE>([map], &id)?;
     Some(h)
 }
 
@@ -521,7 +521,7 @@ fn gone(id: u64) -> Health {
 /// One cgroup of an iterator walk (`seq_num` 0: the file's own cgroup).
 #[inline(always)]
 pub fn visit(id: u64, session: u64, seq_num: u64) {
-    let Some(mine) = own::<false>(id) else {
+    let Some(mine) = own::<{ sum::UNROLLED }>(id) else {
         return;
     };
     let mut sub = mine;
@@ -610,8 +610,8 @@ fn out<const F: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; 2]) {
 /// `id` is removed (rmdir, under `cgroup_mutex`): its counters and those of
 /// its removed descendants go to `parent`'s `HEALTH_DEPARTED` entry.
 #[inline(always)]
-pub fn removed<const SHARED_ONLY: bool>(id: u64, parent: u64) {
-    let Some(mine) = own::<SHARED_ONLY>(id) else {
+pub fn removed<const MODE: u8>(id: u64, parent: u64) {
+    let Some(mine) = own::<MODE>(id) else {
         return;
     };
     let mut h = mine;
@@ -632,8 +632,8 @@ pub fn removed<const SHARED_ONLY: bool>(id: u64, parent: u64) {
 /// `id` is released by the kernel: what still sits under it goes to its
 /// nearest live ancestor, starting at `parent`.
 #[inline(always)]
-pub fn released<const SHARED_ONLY: bool>(id: u64, parent: u64) {
-    let Some(mut h) = own::<SHARED_ONLY>(id) else {
+pub fn released<const MODE: u8>(id: u64, parent: u64) {
+    let Some(mut h) = own::<MODE>(id) else {
         return;
     };
     h.add(&gone(id));

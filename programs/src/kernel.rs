@@ -128,19 +128,34 @@ impl Summed for Health {
     }
 }
 
+/// How a program sums per-CPU counters ([`sum_counters`]'s `MODE`).
+pub mod sum {
+    /// `bpf_loop` over the CPUs ([`super::sum_percpu`]): the removal
+    /// programs, whose verification must not grow with the CPU count.
+    pub const LOOP: u8 = 0;
+    /// Shared maps only: no per-CPU sum in the program's code at all.
+    pub const SHARED: u8 = 1;
+    /// One unrolled step per CPU ([`super::sum_unrolled`]): the iterator,
+    /// whose stack with a `bpf_loop` callback's frame passes the 512
+    /// bytes that Linux 6.1 allows.
+    pub const UNROLLED: u8 = 2;
+}
+
 /// The whole count of `map[key]` for each of the counter maps `maps`: the
-/// one shared value when they are shared, else every CPU's slot summed
-/// ([`sum_percpu`]). `SHARED_ONLY`: the program is built for shared maps
-/// only (no per-CPU sum in its code at all; see `removal`), else the
-/// loader's [`SHARED_COUNTERS`] decides, a constant to the verifier, which
-/// never looks at the branch not taken. None only where `SUM_SCRATCH` has
-/// no slot, which never happens to a loaded object: the caller gives up.
+/// one shared value when they are shared, else every CPU's slot summed as
+/// `MODE` says ([`sum`]). Unless `MODE` is [`sum::SHARED`], the loader's
+/// [`SHARED_COUNTERS`] decides, a constant to the verifier, which never
+/// looks at the branch not taken. None only where `SUM_SCRATCH` has no
+/// slot, which never happens to a loaded object: the caller gives up.
 #[inline(always)]
-pub fn sum_counters<K: Copy, V: Summed, const M: usize, const SHARED_ONLY: bool>(
+pub fn sum_counters<K: Copy, V: Summed, const M: usize, const MODE: u8>(
     maps: [*mut c_void; M],
     key: &K,
 ) -> Option<[V; M]> {
-    if !SHARED_ONLY && !shared_counters() {
+    if MODE != sum::SHARED && !shared_counters() {
+        if MODE == sum::UNROLLED {
+            return Some(sum_unrolled(maps, key));
+        }
         return sum_percpu(maps, key);
     }
     let mut total = [V::default(); M];
@@ -155,6 +170,30 @@ pub fn sum_counters<K: Copy, V: Summed, const M: usize, const SHARED_ONLY: bool>
         i += 1;
     }
     Some(total)
+}
+
+/// Sum of every CPU's slot of `map[key]`, for each of `maps`, one
+/// unrolled step per CPU: the verifier's work grows with the CPU count.
+#[inline(always)]
+pub fn sum_unrolled<K, V: Summed, const M: usize>(maps: [*mut c_void; M], key: &K) -> [V; M] {
+    // SAFETY: read-only global.
+    let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
+    let mut total = [V::default(); M];
+    let mut cpu = 0u32;
+    while cpu < MAX_CPUS && cpu < nr_cpus {
+        let mut i = 0;
+        while i < M {
+            // SAFETY: helper call with a valid map and key; NULL when absent.
+            let slot = unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) } as *const V;
+            if !slot.is_null() {
+                // SAFETY: non-NULL lookup result points at a `V`.
+                total[i].plus(unsafe { &*slot });
+            }
+            i += 1;
+        }
+        cpu += 1;
+    }
+    total
 }
 
 /// What one CPU's step of [`sum_percpu`] reads, and where it adds.

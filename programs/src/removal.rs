@@ -40,7 +40,7 @@ use crate::{
     classes,
     fold::{add_totals, into_departed, live_ancestor},
     health,
-    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum_counters, CGROUP2_HIERARCHY_ID},
+    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum, sum_counters, CGROUP2_HIERARCHY_ID},
     maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
 };
 
@@ -50,7 +50,7 @@ pub fn cgacct_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
     // SAFETY: kernel pointers are only read through probe helpers.
-    unsafe { fold::<false>(cgrp, path) };
+    unsafe { fold::<{ sum::LOOP }>(cgrp, path) };
     0
 }
 
@@ -63,12 +63,12 @@ pub fn cgacct_cgroup_rmdir_shared(ctx: BtfTracePointContext) -> i32 {
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
     // SAFETY: as above.
-    unsafe { fold::<true>(cgrp, path) };
+    unsafe { fold::<{ sum::SHARED }>(cgrp, path) };
     0
 }
 
 #[inline(always)]
-unsafe fn fold<const SHARED_ONLY: bool>(cgrp: *const u8, path: *const u8) -> Option<()> {
+unsafe fn fold<const MODE: u8>(cgrp: *const u8, path: *const u8) -> Option<()> {
     // SAFETY: probe reads. A hierarchy that cannot be read is not taken
     // for cgroup2.
     if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
@@ -89,7 +89,7 @@ unsafe fn fold<const SHARED_ONLY: bool>(cgrp: *const u8, path: *const u8) -> Opt
     let rec = REMOVED_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, not preempted while the program runs.
     let rec = unsafe { &mut *rec };
-    let [socket, tc, veth] = counter_totals::<SHARED_ONLY>(id)?;
+    let [socket, tc, veth] = counter_totals::<MODE>(id)?;
     rec.id = id;
     rec.parent_id = parent;
     // SAFETY: helper without arguments.
@@ -113,9 +113,9 @@ unsafe fn fold<const SHARED_ONLY: bool>(cgrp: *const u8, path: *const u8) -> Opt
         rec.path[0] = 0;
     }
     let _ = REMOVED.insert(id, &*rec, BPF_ANY as u64);
-    health::removed::<SHARED_ONLY>(id, parent);
+    health::removed::<MODE>(id, parent);
 
-    classes::fold::<SHARED_ONLY>(id, Some(parent));
+    classes::fold::<MODE>(id, Some(parent));
 
     // Its counters live on in the record: free the map space.
     let _ = DEPARTED.remove(id);
@@ -130,7 +130,7 @@ pub fn cgacct_cgroup_release(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct cgroup *cgrp, const char *path)
     let cgrp: *const u8 = ctx.arg(0);
     // SAFETY: kernel pointers are only read through probe helpers.
-    unsafe { release::<false>(cgrp) };
+    unsafe { release::<{ sum::LOOP }>(cgrp) };
     0
 }
 
@@ -140,14 +140,14 @@ pub fn cgacct_cgroup_release(ctx: BtfTracePointContext) -> i32 {
 pub fn cgacct_cgroup_release_shared(ctx: BtfTracePointContext) -> i32 {
     let cgrp: *const u8 = ctx.arg(0);
     // SAFETY: as above.
-    unsafe { release::<true>(cgrp) };
+    unsafe { release::<{ sum::SHARED }>(cgrp) };
     0
 }
 
 /// The three cgroup counter maps' whole counts of `id`.
 #[inline(always)]
-fn counter_totals<const SHARED_ONLY: bool>(id: u64) -> Option<[Counters; 3]> {
-    sum_counters::<u64, Counters, 3, SHARED_ONLY>(
+fn counter_totals<const MODE: u8>(id: u64) -> Option<[Counters; 3]> {
+    sum_counters::<u64, Counters, 3, MODE>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
@@ -159,7 +159,7 @@ fn counter_totals<const SHARED_ONLY: bool>(id: u64) -> Option<[Counters; 3]> {
 
 /// The kernel lets a removed cgroup go: no socket refers to it any more.
 #[inline(always)]
-unsafe fn release<const SHARED_ONLY: bool>(cgrp: *const u8) -> Option<()> {
+unsafe fn release<const MODE: u8>(cgrp: *const u8) -> Option<()> {
     // SAFETY: probe reads, as in `fold`.
     if unsafe { cgroup_hierarchy_id(cgrp) }? != CGROUP2_HIERARCHY_ID {
         return None;
@@ -170,7 +170,7 @@ unsafe fn release<const SHARED_ONLY: bool>(cgrp: *const u8) -> Option<()> {
     // What still sits under its id: counted after its removal while no
     // DYING entry routed it (that map full, or cgacct not loaded yet when
     // it was removed).
-    let [socket, tc, veth] = counter_totals::<SHARED_ONLY>(id)?;
+    let [socket, tc, veth] = counter_totals::<MODE>(id)?;
     let mut left = Totals { socket, tc, veth };
     let mut cgroups = 0;
     if let Some(d) = DEPARTED.get_ptr(id) {
@@ -187,7 +187,7 @@ unsafe fn release<const SHARED_ONLY: bool>(cgrp: *const u8) -> Option<()> {
         None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
     };
     if let Some(parent) = health_parent {
-        health::released::<SHARED_ONLY>(id, parent);
+        health::released::<MODE>(id, parent);
     }
     if cgroups | left.any() != 0 {
         let parent = match dying {
@@ -208,7 +208,7 @@ unsafe fn release<const SHARED_ONLY: bool>(cgrp: *const u8) -> Option<()> {
         // SAFETY: probe reads.
         None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
     };
-    classes::fold::<SHARED_ONLY>(id, to.and_then(live_ancestor));
+    classes::fold::<MODE>(id, to.and_then(live_ancestor));
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);
