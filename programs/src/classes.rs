@@ -150,10 +150,8 @@ fn into_departed(ancestor: Option<u64>, class: u32, c: &Counters) {
 #[inline(always)]
 pub fn totals<const MODE: u8>(id: u64, class: u32) -> Option<(Counters, Counters)> {
     let k = key(id, class);
-    let [own] = sum_counters::<ClassKey, Counters, 1, MODE>(
-        [ptr::from_ref(&CLASS_STATS).cast_mut().cast()],
-        &k,
-    )?;
+    let [own] =
+        sum_counters::<ClassKey, Counters, 1, MODE>([ptr::from_ref(&CLASS_STATS).cast_mut().cast()], &k)?;
     let gone = match CLASS_DEPARTED.get_ptr(&k) {
         // SAFETY: non-NULL lookup result.
         Some(d) => unsafe { *d },

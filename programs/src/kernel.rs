@@ -184,7 +184,8 @@ pub fn sum_unrolled<K, V: Summed, const M: usize>(maps: [*mut c_void; M], key: &
         let mut i = 0;
         while i < M {
             // SAFETY: helper call with a valid map and key; NULL when absent.
-            let slot = unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) } as *const V;
+            let slot =
+                unsafe { bpf_map_lookup_percpu_elem(maps[i], ptr::from_ref(key).cast(), cpu) } as *const V;
             if !slot.is_null() {
                 // SAFETY: non-NULL lookup result points at a `V`.
                 total[i].plus(unsafe { &*slot });
