@@ -278,8 +278,9 @@ fn map_state(w: &World, id: u64) -> (Option<Counters>, Option<Counters>, Option<
 }
 
 /// Most mkdir/rmdir steps the v1 hierarchy may take to reach the id of a
-/// cgroup2 cgroup (about 50 us each here).
-const MAX_V1_STEPS: u64 = 200_000;
+/// cgroup2 cgroup (about 30 us each here: 171,000 steps took 5 s where a
+/// CI machine's cgroup2 ids were at 855,000).
+const MAX_V1_STEPS: u64 = 1_000_000;
 /// Most cgroup2 cgroups made to find one whose id the v1 hierarchy's ids
 /// step onto.
 const MAX_CANDIDATES: u32 = 64;
@@ -332,45 +333,66 @@ fn rmdir_in_a_v1_hierarchy_leaves_cgroup2_alone() {
     let mut v1 = V1Hierarchy::new(&w.prefix);
 
     // A fresh hierarchy's directory ids step by a fixed stride (the
-    // directory and its files): learn the stride, then pick a cgroup2
-    // cgroup whose id is a later step. cgroup2 ids step by their own stride
-    // (plus whatever the host makes meanwhile), so within a few cgroups one
-    // lands on the v1 residue unless both strides share a factor.
+    // directory and its files): learn the stride, then make a cgroup2
+    // cgroup whose id is a later step. The next cgroup2 id is read off
+    // short-lived probe directories beside the candidate (same parent, so
+    // the same files and the same stride): when the id after a probe lands
+    // on the v1 residue, the candidate takes it. Each probe moves the next
+    // id by the cgroup2 stride, so within `stride` probes one lands there
+    // unless both strides share a factor (or the host makes cgroups
+    // meanwhile, which only moves the ids on).
     let first = v1.mkdir(&format!("{}-p0", w.prefix));
     let mut last = v1.mkdir(&format!("{}-p1", w.prefix));
     let stride = last.checked_sub(first).filter(|s| *s > 0).expect("v1 ids grow");
     let mut target = None;
-    // On a quiet host (a VM) nothing else makes cgroup2 nodes, and the two
-    // strides can share a factor: then the pids controller's files, enabled
-    // for jobs.slice's children now and then, shift the cgroup2 ids.
+    // Where the strides share a factor (seen on a quiet VM), the pids
+    // controller's files, enabled for jobs.slice's children now and then,
+    // change the cgroup2 stride.
     let shifter = PidsShifter::new(&w, "jobs.slice");
+    let probe = |w: &World, n: u64| -> u64 {
+        let dir = w.cgroup_mount.join(w.cgroup(&format!("jobs.slice/probe{n}")));
+        std::fs::create_dir(&dir).expect("mkdir a probe cgroup");
+        let id = std::fs::metadata(&dir).expect("stat a probe cgroup").ino();
+        std::fs::remove_dir(&dir).expect("rmdir a probe cgroup");
+        id
+    };
     let mut seen = Vec::new();
-    for i in 0..MAX_CANDIDATES {
-        // Short-lived cgroup2 directories move the next id by their own
-        // stride: a different number of them before each candidate reaches
-        // residues the plain sequence of candidates never does (seen on
-        // 5.10, where it cycled through four of five).
-        for j in 0..u64::from(i) % stride {
-            let dir = w.cgroup_mount.join(w.cgroup(&format!("shift{i}-{j}")));
-            std::fs::create_dir(&dir).expect("mkdir a short-lived cgroup");
-            std::fs::remove_dir(&dir).expect("rmdir a short-lived cgroup");
+    let mut probes = 0u64;
+    let mut toggles = 0u32;
+    'search: for candidate in 0..MAX_CANDIDATES {
+        let mut before = probe(&w, probes);
+        probes += 1;
+        // At most two rounds of residues before the stride is changed.
+        for _ in 0..2 * stride {
+            let now = probe(&w, probes);
+            probes += 1;
+            let step = now.saturating_sub(before);
+            before = now;
+            if step > 0 && (now + step).saturating_sub(last).is_multiple_of(stride) && now + step > last {
+                let rel = format!("jobs.slice/c{candidate}.scope");
+                w.add_cgroup(&rel);
+                let id = w.cgroup_id(&rel);
+                seen.push(id);
+                if id > last && (id - last).is_multiple_of(stride) {
+                    target = Some((rel, id));
+                    break 'search;
+                }
+                continue 'search;
+            }
         }
-        let rel = format!("jobs.slice/c{i}.scope");
-        w.add_cgroup(&rel);
-        let id = w.cgroup_id(&rel);
-        seen.push(id);
-        if id > last && (id - last).is_multiple_of(stride) {
-            target = Some((rel, id));
-            break;
-        }
-        if let Some(s) = &shifter {
-            s.toggle(i);
+        match &shifter {
+            Some(s) => {
+                s.toggle(toggles);
+                toggles += 1;
+            }
+            None => break,
         }
     }
     let Some((target, id)) = target else {
         panic!(
-            "no cgroup2 id among {MAX_CANDIDATES} new cgroups is a v1 step (v1 stride {stride}, \
-             last v1 id {last}, cgroup2 ids {seen:?}, pids controller to shift them: {})",
+            "no cgroup2 id is a v1 step after {probes} probes (v1 stride {stride}, last v1 id \
+             {last}, candidates' cgroup2 ids {seen:?}, pids controller to change the cgroup2 \
+             stride: {})",
             shifter.is_some()
         );
     };
