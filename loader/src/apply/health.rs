@@ -11,6 +11,7 @@ use aya::{
 };
 use cgacct_common::health;
 
+use super::load::{load_one, Job, Loaded};
 use crate::{
     bpffs::Pins,
     object::{self, health::Hook},
@@ -26,33 +27,38 @@ pub fn configure<'a>(loader: &mut EbpfLoader<'a>, k: &'a HealthKernel) {
     }
 }
 
-/// Loads and pins the health programs this kernel has hooks for; one the
-/// kernel refuses (fentry where the kernel allows no trampolines) is left
-/// out, its keys absent. Records the keys and the refused programs in
+/// Pins the health programs this kernel has hooks for, as loaded (by
+/// `load::load_programs`, which takes their results out of `loaded`); one
+/// the kernel refused (fentry where the kernel allows no trampolines) is
+/// left out, its keys absent. Records the keys and the refused programs in
 /// `HEALTH_STATE` for the iterator, `status` and later applies. Returns a
 /// line for each key absent by a refusal that `apply` has not said yet.
-pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result<Vec<String>> {
+pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'_>) -> Result<Vec<String>> {
     let mut failed = 0u32;
     let mut refused = k.clone();
     for (i, p) in object::health::PROGRAMS.into_iter().enumerate() {
         if !k.programs.contains(p.name) {
             continue;
         }
+        let pin = pins.prog(p.name);
+        match loaded.remove(p.name) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                // A hook this kernel lists but refuses: the key goes absent.
+                failed |= 1 << i;
+                refused
+                    .why
+                    .insert(p.name, format!("the kernel refused it: {}", refusal(&e)));
+                if pin.exists() {
+                    fs::remove_file(&pin)?;
+                }
+                continue;
+            }
+            None => return Err(anyhow!("program {} was not loaded", p.name)),
+        }
         let program = ebpf
             .program_mut(p.name)
             .ok_or_else(|| anyhow!("program {} missing from the object", p.name))?;
-        let pin = pins.prog(p.name);
-        if let Err(e) = load_one(program, p.hook, btf) {
-            // A hook this kernel lists but refuses: the key goes absent.
-            failed |= 1 << i;
-            refused
-                .why
-                .insert(p.name, format!("the kernel refused it: {}", refusal(&e)));
-            if pin.exists() {
-                fs::remove_file(&pin)?;
-            }
-            continue;
-        }
         pin_one(program, &pin)?;
     }
     let loaded = |name: &str| {
@@ -85,14 +91,6 @@ pub fn load(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, btf: &Btf) -> Result
     Ok(said)
 }
 
-fn load_one(program: &mut Program, hook: Hook, btf: &Btf) -> Result<(), ProgramError> {
-    match (program, hook) {
-        (Program::FEntry(x), Hook::FEntry(f)) => x.load(f, btf),
-        (Program::BtfTracePoint(x), Hook::Tracepoint(t)) => x.load(t, btf),
-        _ => Err(ProgramError::UnexpectedProgramType),
-    }
-}
-
 /// Pins `program` at `pin`, in place of what is pinned there.
 fn pin_one(program: &mut Program, pin: &Path) -> Result<()> {
     sys::fault::step();
@@ -113,7 +111,8 @@ pub fn reload(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()>
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-    load_one(program, p.hook, btf).map_err(|e| anyhow!("loading {name} again: {}", refusal(&e)))?;
+    load_one(program, Job::Health(p.hook), btf)
+        .map_err(|e| anyhow!("loading {name} again: {}", refusal(&e)))?;
     pin_one(program, &pins.prog(name))
 }
 

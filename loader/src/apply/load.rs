@@ -1,8 +1,18 @@
 //! Loading the object against the pinned maps and pinning its programs.
-use std::{collections::BTreeSet, ffi::CString, fs, io::Write as _, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    fs,
+    io::Write as _,
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{
+    programs::{Program, ProgramError},
+    Btf, Ebpf, EbpfLoader,
+};
 use cgacct_common::globals;
 
 use super::replace;
@@ -25,17 +35,101 @@ pub fn load_programs(
     health: &HealthKernel,
 ) -> Result<Ebpf> {
     let k = kernel::features().object();
+    // aya parses the kernel's BTF for the loader and again for the program
+    // loads (each parse about 20 ms): the second beside the first.
+    let parsing = std::thread::spawn(Btf::from_sys_fs);
     let mut ebpf = against_pins(layout, pins, replaced, health)?;
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let btf = parsing
+        .join()
+        .map_err(|_| anyhow!("the thread reading kernel BTF panicked"))?
+        .context("reading kernel BTF")?;
+    let mut jobs: Vec<(&str, Job)> = object::health::PROGRAMS
+        .iter()
+        .filter(|p| health.programs.contains(p.name))
+        .map(|p| (p.name, Job::Health(p.hook)))
+        .collect();
+    for &name in object::programs(k) {
+        jobs.push((object::object_program(name, k), Job::Object(name)));
+    }
+    let mut loaded = load_at_once(&mut ebpf, &jobs, &btf)?;
     // Before the iterator, which is pinned last.
-    for line in super::health::load(&mut ebpf, health, pins, &btf)? {
+    for line in super::health::pin(&mut ebpf, health, pins, &mut loaded)? {
         // As `cli::say`: a closed output must not stop an apply half-way.
         let _ = writeln!(std::io::stdout().lock(), "note: {line}");
     }
     for &name in object::programs(k) {
-        load_pinned(&mut ebpf, pins, name, object::object_program(name, k), &btf)?;
+        let from = object::object_program(name, k);
+        match loaded.remove(from) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(anyhow::Error::from(e).context(format!("loading program {from}"))),
+            None => bail!("program {from} was not loaded"),
+        }
+        pin_loaded(&mut ebpf, pins, name, from)?;
     }
     Ok(ebpf)
+}
+
+/// How a program of the object is loaded.
+#[derive(Clone, Copy)]
+pub enum Job {
+    /// A program of [`object::PROGRAMS`], by the name it is pinned as.
+    Object(&'static str),
+    /// A health program, at its hook.
+    Health(object::health::Hook),
+}
+
+/// What loading each program gave, by its name in the object.
+pub type Loaded<'a> = BTreeMap<&'a str, Result<(), ProgramError>>;
+
+/// Loads the programs of `jobs` (name in the object, how) at once, one
+/// thread each, pinning nothing: as root the kernel verifies programs in
+/// parallel (the verifier's mutex is for unprivileged loads only), and
+/// `cgroup_release` alone is half the verifier's time of an apply.
+fn load_at_once<'a>(ebpf: &mut Ebpf, jobs: &[(&'a str, Job)], btf: &Btf) -> Result<Loaded<'a>> {
+    let mut programs: Vec<(&'a str, Job, &mut Program)> = Vec::new();
+    for (from, program) in ebpf.programs_mut() {
+        if let Some(&(name, job)) = jobs.iter().find(|(n, _)| *n == from) {
+            programs.push((name, job, program));
+        }
+    }
+    if let Some((missing, _)) = jobs
+        .iter()
+        .find(|(n, _)| !programs.iter().any(|(p, _, _)| p == n))
+    {
+        bail!("program {missing} missing from the object");
+    }
+    std::thread::scope(|s| {
+        let threads: Vec<_> = programs
+            .into_iter()
+            .map(|(name, job, program)| (name, s.spawn(move || load_one(program, job, btf))))
+            .collect();
+        threads
+            .into_iter()
+            .map(|(name, t)| match t.join() {
+                Ok(r) => Ok((name, r)),
+                Err(_) => Err(anyhow!("the thread loading program {name} panicked")),
+            })
+            .collect()
+    })
+}
+
+/// Loads one program as `job` says.
+pub fn load_one(program: &mut Program, job: Job, btf: &Btf) -> Result<(), ProgramError> {
+    use object::health::Hook;
+    match (program, job) {
+        (Program::SchedClassifier(p), Job::Object(_)) => p.load(),
+        (Program::CgroupSkb(p), Job::Object(_)) => p.load(),
+        (Program::Iter(p), Job::Object(_)) => p.load("cgroup", btf),
+        (Program::BtfTracePoint(p), Job::Object(name)) => {
+            match object::TRACEPOINTS.into_iter().find(|(n, _)| *n == name) {
+                Some((_, tracepoint)) => p.load(tracepoint, btf),
+                None => Err(ProgramError::UnexpectedProgramType),
+            }
+        }
+        (Program::FEntry(x), Job::Health(Hook::FEntry(f))) => x.load(f, btf),
+        (Program::BtfTracePoint(x), Job::Health(Hook::Tracepoint(t))) => x.load(t, btf),
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
 }
 
 /// Loads the health program `name` anew and pins it in place of the
@@ -85,27 +179,13 @@ fn against_pins(
     loader.load(object::OBJECT).context("loading the BPF object")
 }
 
-/// Loads program `from` of the object and pins it as `name`, in place of
+/// Pins the loaded program `from` of the object as `name`, in place of
 /// the pinned one.
-fn load_pinned(ebpf: &mut Ebpf, pins: &Pins, name: &str, from: &str, btf: &Btf) -> Result<()> {
+fn pin_loaded(ebpf: &mut Ebpf, pins: &Pins, name: &str, from: &str) -> Result<()> {
     let program = ebpf
         .program_mut(from)
         .ok_or_else(|| anyhow!("program {from} missing from the object"))?;
     let pin = pins.prog(name);
-    let loaded = match program {
-        aya::programs::Program::SchedClassifier(p) => p.load(),
-        aya::programs::Program::CgroupSkb(p) => p.load(),
-        aya::programs::Program::Iter(p) => p.load("cgroup", btf),
-        aya::programs::Program::BtfTracePoint(p) => {
-            let (_, tracepoint) = object::TRACEPOINTS
-                .into_iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
-            p.load(tracepoint, btf)
-        }
-        _ => bail!("program {name} has an unexpected type"),
-    };
-    loaded.with_context(|| format!("loading program {from}"))?;
     sys::fault::step();
     if pin.exists() {
         fs::remove_file(&pin)?;

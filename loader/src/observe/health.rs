@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, Result};
-use btf_rs::{Btf, Type};
+use btf_rs::Type;
 use cgacct_common::health::{self, globals as g, programs as prog};
 
-use super::kernel::{member_offset, open_btf};
+use super::kernel::{kernel_btf, member_offset, KernelBtf};
 use crate::object::health::{keys_of, Hook, PROGRAMS};
 
 /// The health programs' view of this kernel.
@@ -97,7 +97,7 @@ const OFFSETS: [(&str, &str, &[&str]); 14] = [
 ];
 
 /// Byte offset of a member path (`a.b.c`) within `strukt`.
-fn path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+fn path_offset(btf: &KernelBtf, strukt: &str, path: &[&str]) -> Result<u32> {
     let mut off = 0;
     let mut ty = strukt.to_string();
     for (i, m) in path.iter().enumerate() {
@@ -110,8 +110,8 @@ fn path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
 }
 
 /// The struct type name of `strukt.member`.
-fn member_struct(btf: &Btf, strukt: &str, member: &str) -> Result<String> {
-    for ty in btf.resolve_types_by_name(strukt)? {
+fn member_struct(btf: &KernelBtf, strukt: &str, member: &str) -> Result<String> {
+    for ty in btf.types(strukt)? {
         if let Type::Struct(s) = ty {
             for m in &s.members {
                 if btf.resolve_name(m).unwrap_or_default() == member {
@@ -126,14 +126,14 @@ fn member_struct(btf: &Btf, strukt: &str, member: &str) -> Result<String> {
 }
 
 /// Whether the kernel has a function `name` that fentry/fexit can attach to.
-fn has_func(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(name)
+fn has_func(btf: &KernelBtf, name: &str) -> bool {
+    btf.types(name)
         .is_ok_and(|v| v.iter().any(|t| matches!(t, Type::Func(_))))
 }
 
 /// Arguments of BTF tracepoint `name` (0 if it does not exist).
-fn tracepoint_args(btf: &Btf, name: &str) -> usize {
-    let Ok(types) = btf.resolve_types_by_name(&format!("btf_trace_{name}")) else {
+fn tracepoint_args(btf: &KernelBtf, name: &str) -> usize {
+    let Ok(types) = btf.types(&format!("btf_trace_{name}")) else {
         return 0;
     };
     for t in types {
@@ -150,7 +150,7 @@ fn tracepoint_args(btf: &Btf, name: &str) -> usize {
 }
 
 /// Why the program cannot run on this kernel, if it cannot.
-fn missing(btf: &Btf, name: &str, hook: Hook) -> Option<String> {
+fn missing(btf: &KernelBtf, name: &str, hook: Hook) -> Option<String> {
     match hook {
         Hook::FEntry(f) if !has_func(btf, f) => Some(format!("the kernel has no traceable function {f}")),
         Hook::Tracepoint("kfree_skb") if name == prog::KFREE_SKB => (tracepoint_args(btf, "kfree_skb") < 4)
@@ -168,11 +168,10 @@ fn missing(btf: &Btf, name: &str, hook: Hook) -> Option<String> {
 
 /// Looks at the running kernel's BTF.
 pub fn probe() -> Result<HealthKernel> {
-    let btf = open_btf()?;
-    Ok(probe_btf(&btf))
+    Ok(probe_btf(kernel_btf()?))
 }
 
-pub fn probe_btf(btf: &Btf) -> HealthKernel {
+pub fn probe_btf(btf: &KernelBtf) -> HealthKernel {
     let not_specified = drop_reasons(btf)
         .into_iter()
         .find(|(_, n)| n == "not_specified")
@@ -214,9 +213,9 @@ pub fn probe_btf(btf: &Btf) -> HealthKernel {
 
 /// The kernel's drop reasons by value: `enum skb_drop_reason` names in
 /// lower case, without `SKB_DROP_REASON_` (`SKB_` for the first two).
-pub fn drop_reasons(btf: &Btf) -> BTreeMap<u32, String> {
+pub fn drop_reasons(btf: &KernelBtf) -> BTreeMap<u32, String> {
     let mut out = BTreeMap::new();
-    let Ok(types) = btf.resolve_types_by_name("skb_drop_reason") else {
+    let Ok(types) = btf.types("skb_drop_reason") else {
         return out;
     };
     for t in types {
@@ -238,7 +237,7 @@ pub fn drop_reasons(btf: &Btf) -> BTreeMap<u32, String> {
 /// and the kernel's enum does not change while it runs.
 pub fn running_drop_reasons() -> &'static BTreeMap<u32, String> {
     static NAMES: std::sync::OnceLock<BTreeMap<u32, String>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| open_btf().map(|b| drop_reasons(&b)).unwrap_or_default())
+    NAMES.get_or_init(|| kernel_btf().map(drop_reasons).unwrap_or_default())
 }
 
 /// The programs the last load could not load, from the pinned

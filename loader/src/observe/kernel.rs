@@ -2,7 +2,10 @@
 //! struct offsets from its BTF (Rust BPF programs get no CO-RE relocations,
 //! so nothing about kernel layout is baked in at build time), the CPU count,
 //! and what it offers that cgacct can do without ([`Features`]).
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, Type};
@@ -76,10 +79,10 @@ impl Features {
 pub fn features() -> Features {
     static F: OnceLock<Features> = OnceLock::new();
     *F.get_or_init(|| {
-        let probed = match open_btf() {
+        let probed = match kernel_btf() {
             Ok(btf) => Features {
-                cgroup_iter: has_type(&btf, "bpf_iter_cgroup"),
-                percpu_lookup: has_enum_value(&btf, "bpf_func_id", "BPF_FUNC_map_lookup_percpu_elem"),
+                cgroup_iter: has_type(btf, "bpf_iter_cgroup"),
+                percpu_lookup: has_enum_value(btf, "bpf_func_id", "BPF_FUNC_map_lookup_percpu_elem"),
             },
             Err(_) => Features {
                 cgroup_iter: false,
@@ -102,14 +105,14 @@ pub fn hide(mut f: Features, list: &str) -> Features {
     f
 }
 
-fn has_type(btf: &Btf, name: &str) -> bool {
-    matches!(btf.resolve_types_by_name(name), Ok(types) if !types.is_empty())
+fn has_type(btf: &KernelBtf, name: &str) -> bool {
+    matches!(btf.types(name), Ok(types) if !types.is_empty())
 }
 
 /// Whether enum `enum_name` has a member `member`: a helper the kernel
 /// knows has its `BPF_FUNC_*` value in `enum bpf_func_id`.
-fn has_enum_value(btf: &Btf, enum_name: &str, member: &str) -> bool {
-    let Ok(types) = btf.resolve_types_by_name(enum_name) else {
+fn has_enum_value(btf: &KernelBtf, enum_name: &str, member: &str) -> bool {
+    let Ok(types) = btf.types(enum_name) else {
         return false;
     };
     types.iter().any(|t| match t {
@@ -121,8 +124,57 @@ fn has_enum_value(btf: &Btf, enum_name: &str, member: &str) -> bool {
     })
 }
 
-/// The running kernel's BTF.
-pub fn open_btf() -> Result<Btf> {
+/// The running kernel's BTF, as opened by [`kernel_btf`].
+pub struct KernelBtf {
+    btf: Btf,
+    /// Types by name, as looked up so far: each lookup scans every type of
+    /// the mapped file (about 1 ms), and an apply asks for the same structs
+    /// several times.
+    by_name: Mutex<HashMap<String, Vec<Type>>>,
+}
+
+impl KernelBtf {
+    pub fn new(btf: Btf) -> KernelBtf {
+        KernelBtf {
+            btf,
+            by_name: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The types named `name` (none: an empty list).
+    pub fn types(&self, name: &str) -> Result<Vec<Type>> {
+        let mut by_name = self
+            .by_name
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(types) = by_name.get(name) {
+            return Ok(types.clone());
+        }
+        let types = self.btf.resolve_types_by_name(name)?;
+        by_name.insert(name.to_string(), types.clone());
+        Ok(types)
+    }
+}
+
+impl std::ops::Deref for KernelBtf {
+    type Target = Btf;
+
+    fn deref(&self) -> &Btf {
+        &self.btf
+    }
+}
+
+/// The running kernel's BTF, opened once per process (the features, the
+/// offsets, the health probe and the exporter's drop reasons all read it).
+pub fn kernel_btf() -> Result<&'static KernelBtf> {
+    static BTF: OnceLock<Result<KernelBtf, String>> = OnceLock::new();
+    BTF.get_or_init(|| open_btf().map(KernelBtf::new).map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Opens the running kernel's BTF.
+fn open_btf() -> Result<Btf> {
     // Mapped and parsed lazily: the default (parse every type up front,
     // seeking in the file for each) took most of apply's time. Kernels that
     // cannot map the sysfs file (6.1 answers ENODEV) get it read whole and
@@ -155,20 +207,20 @@ pub struct Offsets {
 }
 
 pub fn offsets() -> Result<Offsets> {
-    let btf = open_btf()?;
+    let btf = kernel_btf()?;
     Ok(Offsets {
-        cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
-        kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
-        kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
-            .or_else(|_| member_offset(&btf, "kernfs_node", "parent"))?,
-        cgroup_root: member_offset(&btf, "cgroup", "root")?,
-        cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
+        cgroup_kn: member_offset(btf, "cgroup", "kn")?,
+        kernfs_node_id: member_offset(btf, "kernfs_node", "id")?,
+        kernfs_node_parent: member_offset(btf, "kernfs_node", "__parent")
+            .or_else(|_| member_offset(btf, "kernfs_node", "parent"))?,
+        cgroup_root: member_offset(btf, "cgroup", "root")?,
+        cgroup_root_hierarchy_id: member_offset(btf, "cgroup_root", "hierarchy_id")?,
     })
 }
 
 /// Byte offset of `strukt.member`, looking into anonymous structs and unions.
-pub fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32> {
-    for ty in btf.resolve_types_by_name(strukt)? {
+pub fn member_offset(btf: &KernelBtf, strukt: &str, member: &str) -> Result<u32> {
+    for ty in btf.types(strukt)? {
         if let Type::Struct(s) = ty {
             if let Some(bits) = find_member(btf, &s, member)? {
                 return Ok(bits / 8);
