@@ -1,11 +1,12 @@
 //! `cgacct-pin status`: what is pinned and attached under a root, the
 //! counters of every cgroup and interface, named, and how full the maps
 //! are (with what full maps could not take).
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 use cgacct_common::Counters;
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use super::{
     capacity::{self, Capacity},
@@ -37,7 +38,7 @@ struct Status {
     kernel: kernel::Features,
     snap: Snapshot,
     /// Every live cgroup's `net.stat` keys, computed from the maps.
-    stats: BTreeMap<u64, BTreeMap<String, u64>>,
+    stats: subtree::Stats,
     capacity: Capacity,
     names: BTreeMap<u64, String>,
     /// What the container runtimes say about the cgroups.
@@ -146,7 +147,11 @@ pub fn show(root: &Path, tc: &tc::Choice, json: bool) -> Result<()> {
         eprintln!("cgacct-pin: warning: {w}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&s, tc))?);
+        // Streamed: at 100,000 cgroups the text is over 100 MB.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &to_json(&s, tc))?;
+        writeln!(out)?;
+        out.flush()?;
     } else {
         print_text(&s, tc);
     }
@@ -157,8 +162,45 @@ fn counters(c: &Counters) -> serde_json::Value {
     json!({"rx_bytes": c.rx_bytes, "rx_packets": c.rx_packets, "tx_bytes": c.tx_bytes, "tx_packets": c.tx_packets})
 }
 
-fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
-    let by_cgroup = |m: &BTreeMap<u64, Counters>, classes: bool| -> Vec<serde_json::Value> {
+/// `status --json`, its keys in order. Every cgroup's `net.stat` keys
+/// (`stats`) are written straight from [`Status`], never copied into a
+/// `serde_json::Value`: at 100,000 cgroups that copy alone took hundreds
+/// of megabytes.
+#[derive(Serialize)]
+struct Json<'a> {
+    build: &'a Option<String>,
+    cgroup_links: &'a [std::path::PathBuf],
+    cgroups: Vec<Value>,
+    health: Option<Value>,
+    interfaces: Vec<Value>,
+    kernel: kernel::Features,
+    maps: Value,
+    overflow: Value,
+    programs: Vec<Value>,
+    root: &'a Path,
+    runtimes: &'a [runtime::Answer],
+    stats: Stats<'a>,
+    stats_files: usize,
+    tc_attach: &'a tc::Choice,
+    tc_cgroups: Vec<Value>,
+    tc_links: &'a [std::path::PathBuf],
+    this_build: &'a str,
+    veth_cgroups: Vec<Value>,
+    warnings: Value,
+}
+
+/// Every cgroup's `net.stat` keys, by cgroup path.
+struct Stats<'a>(&'a Status);
+
+impl serde::Serialize for Stats<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let s = self.0;
+        ser.collect_map(s.stats.iter().map(|(id, keys)| (s.cgroup_name(id), keys)))
+    }
+}
+
+fn to_json<'a>(s: &'a Status, tc: &'a tc::Choice) -> Json<'a> {
+    let by_cgroup = |m: &BTreeMap<u64, Counters>, classes: bool| -> Vec<Value> {
         m.iter()
             .map(|(id, c)| {
                 let mut v = s.known(*id);
@@ -172,27 +214,43 @@ fn to_json(s: &Status, tc: &tc::Choice) -> serde_json::Value {
             })
             .collect()
     };
-    let cap = s.capacity.to_json();
-    json!({
-        "root": s.root,
-        "build": s.build, "this_build": s.this_build,
-        "programs": s.programs.iter().map(|(p, ok)| json!({"name": p, "pinned": ok})).collect::<Vec<_>>(),
-        "tc_links": s.tc_links, "cgroup_links": s.cgroup_links, "stats_files": s.stats_files,
-        "kernel": s.kernel,
-        "stats": s.stats.iter().map(|(id, keys)| (s.cgroup_name(*id), json!(keys))).collect::<serde_json::Map<_, _>>(),
-        "tc_attach": tc,
-        "cgroups": by_cgroup(&s.snap.cgroups, true),
-        "tc_cgroups": by_cgroup(&s.snap.tc_cgroups, false),
-        "veth_cgroups": by_cgroup(&s.snap.veth, false),
-        "runtimes": s.runtimes.answers,
-        "interfaces": s.snap.interfaces.iter().map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)})).collect::<Vec<_>>(),
-        "maps": cap["maps"], "overflow": cap["overflow"], "warnings": cap["warnings"],
-        "health": s.health.as_ref().map(|h| super::health::to_json(h, |id| {
-            let mut v = s.known(id);
-            v["path"] = json!(s.cgroup_name(id));
-            v
-        })),
-    })
+    let mut cap = s.capacity.to_json();
+    Json {
+        root: &s.root,
+        build: &s.build,
+        this_build: &s.this_build,
+        programs: s
+            .programs
+            .iter()
+            .map(|(p, ok)| json!({"name": p, "pinned": ok}))
+            .collect(),
+        tc_links: &s.tc_links,
+        cgroup_links: &s.cgroup_links,
+        stats_files: s.stats_files,
+        kernel: s.kernel,
+        stats: Stats(s),
+        tc_attach: tc,
+        cgroups: by_cgroup(&s.snap.cgroups, true),
+        tc_cgroups: by_cgroup(&s.snap.tc_cgroups, false),
+        veth_cgroups: by_cgroup(&s.snap.veth, false),
+        runtimes: &s.runtimes.answers,
+        interfaces: s
+            .snap
+            .interfaces
+            .iter()
+            .map(|(i, c)| json!({"ifindex": i, "name": s.ifnames.get(i), "counters": counters(c)}))
+            .collect(),
+        maps: cap["maps"].take(),
+        overflow: cap["overflow"].take(),
+        warnings: cap["warnings"].take(),
+        health: s.health.as_ref().map(|h| {
+            super::health::to_json(h, |id| {
+                let mut v = s.known(id);
+                v["path"] = json!(s.cgroup_name(id));
+                v
+            })
+        }),
+    }
 }
 
 fn print_text(s: &Status, tc: &tc::Choice) {

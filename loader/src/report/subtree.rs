@@ -99,16 +99,45 @@ struct Acc {
     health_subtree: Health,
 }
 
+/// What every cgroup's `net.stat` would print, as sums; each cgroup's keys
+/// are made when asked for ([`Stats::iter`]): at 100,000 cgroups, 37 keys
+/// each held at once took hundreds of megabytes.
+pub struct Stats {
+    ids: Vec<u64>,
+    acc: Vec<Acc>,
+    overflow: Vec<Bucket>,
+    class_names: Vec<String>,
+    /// The health keys counted (None where the root has no health maps).
+    health_keys: Option<u32>,
+}
+
+impl Stats {
+    /// Each cgroup's id and the keys and values of its `net.stat`, in the
+    /// order of the cgroups given to [`stats`].
+    pub fn iter(&self) -> impl Iterator<Item = (u64, BTreeMap<String, u64>)> + '_ {
+        self.ids.iter().zip(&self.acc).map(|(id, a)| {
+            let mut k = keys(*id, a, &self.overflow);
+            extra_keys(&mut k, a, &self.class_names, self.health_keys);
+            (*id, k)
+        })
+    }
+
+    /// [`Stats::iter`], by id.
+    pub fn to_map(&self) -> BTreeMap<u64, BTreeMap<String, u64>> {
+        self.iter().collect()
+    }
+}
+
 /// Every cgroup of `cgroups` (parents before children, as
-/// `observe::host::cgroups` lists them), with the keys and values its
-/// `net.stat` would print, by id.
+/// `observe::host::cgroups` lists them), with the sums its `net.stat`
+/// would print.
 pub fn stats(
     cgroups: &[Cgroup],
     snap: &Snapshot,
     departed: &BTreeMap<u64, Departed>,
     overflow: &[Bucket],
     extra: Extra<'_>,
-) -> BTreeMap<u64, BTreeMap<String, u64>> {
+) -> Stats {
     let index: BTreeMap<&str, usize> = cgroups
         .iter()
         .enumerate()
@@ -153,15 +182,13 @@ pub fn stats(
             at = parent(&cgroups[a].path);
         }
     }
-    cgroups
-        .iter()
-        .zip(acc)
-        .map(|(cg, a)| {
-            let mut k = keys(cg.id, &a, overflow);
-            extra_keys(&mut k, &a, extra);
-            (cg.id, k)
-        })
-        .collect()
+    Stats {
+        ids: cgroups.iter().map(|c| c.id).collect(),
+        acc,
+        overflow: overflow.to_vec(),
+        class_names: extra.classes.names.clone(),
+        health_keys: extra.health.map(|h| h.keys),
+    }
 }
 
 /// A cgroup's own counts of each class in use, and with its removed
@@ -191,8 +218,7 @@ fn health_counts(extra: Extra<'_>, id: u64) -> (Health, Health) {
 }
 
 /// The class and health keys, as the iterator prints them.
-fn extra_keys(out: &mut BTreeMap<String, u64>, a: &Acc, extra: Extra<'_>) {
-    let names = &extra.classes.names;
+fn extra_keys(out: &mut BTreeMap<String, u64>, a: &Acc, names: &[String], health_keys: Option<u32>) {
     for (i, name) in names.iter().enumerate() {
         for (prefix, c) in [("", &a.class_subtree[i]), ("self_", &a.class_own[i])] {
             out.insert(format!("{prefix}class_{name}_rx_bytes"), c.rx_bytes);
@@ -201,12 +227,12 @@ fn extra_keys(out: &mut BTreeMap<String, u64>, a: &Acc, extra: Extra<'_>) {
             out.insert(format!("{prefix}class_{name}_tx_packets"), c.tx_packets);
         }
     }
-    let Some(h) = extra.health else {
+    let Some(counted) = health_keys else {
         return;
     };
     let (sub, own) = (a.health_subtree.values(), a.health_own.values());
     for (i, key) in hkeys::KEYS.iter().enumerate() {
-        if h.keys & (1 << i) != 0 {
+        if counted & (1 << i) != 0 {
             out.insert(key.to_string(), sub[i]);
             out.insert(format!("self_{key}"), own[i]);
         }
@@ -295,7 +321,7 @@ mod tests {
             classes: &classes,
             health: None,
         };
-        let s = stats(&tree, &snap, &departed, &overflow, extra);
+        let s = stats(&tree, &snap, &departed, &overflow, extra).to_map();
         let a = &s[&10];
         assert_eq!(a["subtree_cgroups"], 2);
         assert_eq!(a["removed_cgroups"], 2);
@@ -354,7 +380,7 @@ mod tests {
             classes: &classes,
             health: Some(&health),
         };
-        let s = stats(&tree, &snap, &BTreeMap::new(), &[], extra);
+        let s = stats(&tree, &snap, &BTreeMap::new(), &[], extra).to_map();
         let a = &s[&10];
         assert_eq!(a["class_lan_rx_packets"], 2 + 4);
         assert_eq!(a["self_class_lan_rx_packets"], 0);
