@@ -5,7 +5,8 @@
 #   scripts/bench.sh                 the full suite (about 15 minutes)
 #   scripts/bench.sh --smoke         every measurement, tiny (CI)
 #   scripts/bench.sh --only packet   one section (packet, throughput,
-#                                         attach, reads, watch, memory, live)
+#                                         attach, reads, watch, memory, live,
+#                                         cgroups)
 #
 # Installs what it needs first (scripts/setup.sh, then iperf3 and strace),
 # builds cgacct-pin and cgacct-bench in release mode, and removes every

@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
+mod cgroups;
 mod live;
 mod memory;
 mod packet;
@@ -27,6 +28,7 @@ enum Section {
     Watch,
     Memory,
     Live,
+    Cgroups,
 }
 
 #[derive(Parser)]
@@ -52,6 +54,10 @@ struct Cli {
     /// each size is measured in turn); default 1000 (10 with --smoke).
     #[arg(long, value_name = "N")]
     attach_n: Vec<usize>,
+    /// Cgroups of section 8, cgroups at scale; default 100000 (1000 with
+    /// --smoke).
+    #[arg(long, value_name = "N")]
+    scale_cgroups: Option<usize>,
     /// Remove everything a run with this prefix created, then exit.
     #[arg(long, value_name = "PREFIX")]
     cleanup: Option<String>,
@@ -110,6 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Section::Watch,
         Section::Memory,
         Section::Live,
+        Section::Cgroups,
     ]
     .into_iter()
     .any(want);
@@ -216,6 +223,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             live::run_section(&mut report, &w, &o)?;
+        }
+        if want(Section::Cgroups) {
+            eprintln!("== 8. cgroups at scale");
+            let o = cgroups::Options {
+                cgroups: cli
+                    .scale_cgroups
+                    .unwrap_or(if cli.smoke { 1000 } else { 100_000 }),
+                rounds: if cli.smoke { 1 } else { 3 },
+                churn_rate: 1000,
+                churn_seconds: if cli.smoke { 1 } else { 10 },
+            };
+            cgroups::run_section(&mut report, &w, &o)?;
         }
         drop(w);
     }

@@ -17,21 +17,21 @@
 //! (fdinfo), read right after the first apply.
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Result};
 use aya::maps::MapData;
 use cgacct_common::maps;
 use cgacct_pin::bpffs::names::Pins;
 
 use crate::{
     report::{Report, Summary, Unit, Verdict},
-    world::{check_interrupted, run, World},
+    world::{check_interrupted, run, run_rusage, World},
 };
 
 const SECTION: &str = "6 memory";
@@ -49,13 +49,13 @@ fn summary(v: &[f64]) -> Result<Summary> {
 }
 
 /// Where this process's kernel memory charge can be read.
-enum Memcg {
+pub enum Memcg {
     V2(PathBuf),
     V1(PathBuf),
 }
 
 impl Memcg {
-    fn find() -> Option<Memcg> {
+    pub fn find() -> Option<Memcg> {
         let own = fs::read_to_string("/proc/self/cgroup").ok()?;
         let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
         for line in own.lines() {
@@ -90,7 +90,7 @@ impl Memcg {
         None
     }
 
-    fn bytes(&self) -> Result<f64> {
+    pub fn bytes(&self) -> Result<f64> {
         match self {
             Memcg::V2(stat) => {
                 let text = fs::read_to_string(stat)?;
@@ -102,7 +102,7 @@ impl Memcg {
         }
     }
 
-    fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> &'static str {
         match self {
             Memcg::V2(_) => "memcg v2 memory.stat kernel",
             Memcg::V1(_) => "memcg v1 memory.kmem.usage_in_bytes",
@@ -161,38 +161,7 @@ impl RawFdOf for aya::maps::MapFd {
 
 /// Runs `cgacct-pin apply LAYOUT` and returns (wall ms, peak RSS in KiB).
 fn apply_rusage(w: &World, layout: &Path) -> Result<(f64, f64)> {
-    let start = Instant::now();
-    let child = Command::new(&w.cgacct_pin)
-        .arg("apply")
-        .arg(layout)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning cgacct-pin apply")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: zeroed rusage is valid; wait4 on our own child's pid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; the child is reaped here and never waited on again.
-    let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if ret != pid {
-        return Err(std::io::Error::last_os_error()).context("wait4 on cgacct-pin");
-    }
-    let st = std::process::ExitStatus::from_raw(status);
-    if !st.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr {
-            use std::io::Read as _;
-            let _ = e.read_to_string(&mut err);
-        }
-        bail!(
-            "cgacct-pin apply {} failed ({st}): {}",
-            layout.display(),
-            err.trim()
-        );
-    }
-    Ok((ms, usage.ru_maxrss as f64))
+    run_rusage(Command::new(&w.cgacct_pin).arg("apply").arg(layout))
 }
 
 pub fn run_section(report: &mut Report, w: &mut World, o: &Options) -> Result<()> {

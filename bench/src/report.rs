@@ -90,6 +90,7 @@ pub enum Unit {
     KiB,
     /// Events per second.
     PerSec,
+    Percent,
 }
 
 pub fn fmt(v: f64, unit: Unit) -> String {
@@ -104,6 +105,7 @@ pub fn fmt(v: f64, unit: Unit) -> String {
         Unit::PerSec if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
         Unit::PerSec if v >= 1e3 => format!("{:.1} k/s", v / 1e3),
         Unit::PerSec => format!("{v:.0}/s"),
+        Unit::Percent => format!("{v:.1}%"),
     }
 }
 

@@ -29,7 +29,25 @@ pub struct Options {
     pub cgroups: usize,
 }
 
-struct Watcher(Child);
+/// `cgacct-pin watch LAYOUT`, running until dropped.
+pub struct Watcher(Child);
+
+impl Watcher {
+    pub fn start(w: &World, layout: &std::path::Path) -> Result<Watcher> {
+        Ok(Watcher(
+            Command::new(&w.cgacct_pin)
+                .arg("watch")
+                .arg(layout)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting cgacct-pin watch")?,
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Watcher {
     fn drop(&mut self) {
@@ -69,14 +87,7 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
             "root = {root:?}\n[cgroup_skb]\nattach = [\"/{rel}\"]\n[stats]\ncgroups = [\"/{rel}/**\"]\n"
         ),
     )?;
-    let watcher = Watcher(
-        Command::new(&w.cgacct_pin)
-            .arg("watch")
-            .arg(&layout)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting cgacct-pin watch")?,
-    );
+    let watcher = Watcher::start(w, &layout)?;
     let pins = Pins::new(&root, true);
     // Wait for the watcher's first pass.
     let first = pins.stats_file(&rel);

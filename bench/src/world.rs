@@ -351,3 +351,35 @@ fn remove_bpffs_tree(dir: &Path) -> io::Result<()> {
     }
     fs::remove_dir(dir)
 }
+
+/// Runs `cmd` (its output discarded) and returns (wall ms, peak RSS in
+/// KiB); fails if it fails, with its standard error.
+pub fn run_rusage(cmd: &mut Command) -> Result<(f64, f64)> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let start = std::time::Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 on our own child's pid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the child is reaped here and never waited on again.
+    let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if ret != pid {
+        return Err(io::Error::last_os_error()).context("wait4");
+    }
+    let st = std::process::ExitStatus::from_raw(status);
+    if !st.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed ({st}): {}", err.trim());
+    }
+    Ok((ms, usage.ru_maxrss as f64))
+}
