@@ -237,6 +237,8 @@ impl Hooks {
     pub fn stats_unwanted(&mut self, c: &Ctx<'_>, cgroups: &[Cgroup], want: &BTreeSet<PathBuf>) {
         let name = c.pins.stats_file_name();
         let links_dir = c.pins.root.join(crate::bpffs::names::LINKS_DIR);
+        // A set: after many cgroups went, each unwanted file is looked up.
+        let live: std::collections::HashSet<u64> = cgroups.iter().map(|c| c.id).collect();
         for (pin, state) in c.links {
             let is_stats =
                 pin.file_name().is_some_and(|n| n.to_string_lossy() == name) && !pin.starts_with(&links_dir);
@@ -244,7 +246,7 @@ impl Hooks {
                 continue;
             }
             let gone = matches!(state, Some(l) if matches!(l.target, LinkTarget::CgroupIter { cgroup_id, .. }
-                if !cgroups.iter().any(|c| c.id == cgroup_id)));
+                if !live.contains(&cgroup_id)));
             let reason = if gone {
                 why::STATS_CGROUP_GONE
             } else {
