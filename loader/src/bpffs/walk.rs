@@ -74,6 +74,37 @@ pub fn walk_sorted(
     Ok(())
 }
 
+/// Every directory below `dir` in name order (parents before children),
+/// with its inode number from the directory listing: no stat at all. On
+/// cgroupfs (kernfs) a directory's inode number is its cgroup id.
+/// Directories removed meanwhile are skipped.
+pub fn walk_dirs(dir: &Path, visit: &mut impl FnMut(PathBuf, u64)) -> io::Result<()> {
+    use std::os::unix::fs::DirEntryExt as _;
+    let list = match fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for e in list {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            found.push((e.file_name(), e.ino()));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, ino) in found {
+        let path = dir.join(name);
+        visit(path.clone(), ino);
+        walk_dirs(&path, visit)?;
+    }
+    Ok(())
+}
+
 /// Every entry under a root, the root first.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {

@@ -111,12 +111,13 @@ pub fn cgroups(mount: &Path) -> Result<Vec<Cgroup>> {
         id: root.ino(),
     }];
     // Only directories are cgroups: the control files in each are skipped
-    // by their type in the listing, never stat'ed or sorted.
-    crate::bpffs::walk::walk_sorted(mount, &mut |t| t.is_dir(), &mut |path, meta| {
+    // by their type in the listing, never stat'ed or sorted; a cgroup's id
+    // is its directory's inode number, which the listing gives.
+    crate::bpffs::walk::walk_dirs(mount, &mut |path, ino| {
         let rel = path.strip_prefix(mount).unwrap_or(&path);
         out.push(Cgroup {
             path: rel.to_string_lossy().into_owned(),
-            id: meta.ino(),
+            id: ino,
         });
     })
     .with_context(|| format!("walking the cgroup tree at {}", mount.display()))?;
