@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::{
+    maps::{Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    sys::SyscallError,
+};
 use cgacct_common::{maps, Counters};
 use cgacct_pin::{bpffs::names::Pins, report::read};
 
@@ -232,7 +235,7 @@ fn dump(report: &mut Report, o: &Options, pins: &Pins, total: usize, memcg: Opti
         let data = MapData::from_pin(pins.map(name))?;
         let mut m: PerCpuHashMap<MapData, u64, Counters> = Map::PerCpuHashMap(data).try_into()?;
         for k in 0..total as u64 {
-            m.insert(base + k, value(k)?, 0)?;
+            insert(&mut m, base + k, || value(k))?;
         }
     }
     let after = memcg.map(|m| m.bytes()).transpose()?;
@@ -273,6 +276,28 @@ fn dump(report: &mut Report, o: &Options, pins: &Pins, total: usize, memcg: Opti
         Verdict::from_goal(s.median <= 100.0),
     );
     Ok(())
+}
+
+/// Inserts one entry; `ENOMEM` is retried: the kernel refills the
+/// allocator of maps without preallocation asynchronously, and a tight
+/// loop of inserts from user space can find it empty for a moment.
+fn insert(
+    m: &mut PerCpuHashMap<MapData, u64, Counters>,
+    key: u64,
+    value: impl Fn() -> Result<PerCpuValues<Counters>>,
+) -> Result<()> {
+    for _ in 0..1000 {
+        match m.insert(key, value()?, 0) {
+            Ok(()) => return Ok(()),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("inserting key {key}: ENOMEM for a second")
 }
 
 /// `watch` on the converged host while cgroups come and go at
