@@ -196,6 +196,7 @@ impl Watcher {
         if self.layout.tc_owners.is_empty() && !self.layout.tc_discover_owners {
             return;
         }
+        self.obs.cgroups = self.tree.cgroups();
         if let Err(e) = owners::converge(&self.layout, &self.obs, |l| log(&l)) {
             log(&format!("warning: interface owners: {e:#}"));
         }
@@ -298,7 +299,10 @@ impl Watcher {
         }
         super::look_for(&self.names, &self.tree, &cgroups);
         let lock = self.lock()?;
-        self.refresh()?;
+        // Not the whole cgroup list: a batch's actions read only the tree,
+        // and at 100,000 cgroups making the list took most of each batch.
+        // Owners and full reconciles make it where they read it.
+        self.obs.interfaces = host::interfaces()?;
         let actions = self.actions_for(&cgroups, &links)?;
         self.run_actions(&actions);
         drop(lock);
