@@ -278,9 +278,11 @@ fn map_state(w: &World, id: u64) -> (Option<Counters>, Option<Counters>, Option<
 }
 
 /// Most mkdir/rmdir steps the v1 hierarchy may take to reach the id of a
-/// cgroup2 cgroup (about 30 us each here: 171,000 steps took 5 s where a
-/// CI machine's cgroup2 ids were at 855,000).
-const MAX_V1_STEPS: u64 = 1_000_000;
+/// cgroup2 cgroup, about 30 us each here. cgroup2 ids grow with every
+/// cgroup the host ever made: a CI machine's were at 855,000 (171,000
+/// steps, 5 s), a host after four runs of the benchmark's 100,000 cgroups
+/// at 10.8 million (2.2 million steps, about 65 s).
+const MAX_V1_STEPS: u64 = 10_000_000;
 /// Most cgroup2 cgroups made to find one whose id the v1 hierarchy's ids
 /// step onto.
 const MAX_CANDIDATES: u32 = 64;
