@@ -23,6 +23,7 @@ use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
     memory::Memcg,
+    reads,
     report::{Report, Summary, Unit, Verdict},
     watch,
     world::{check_interrupted, run_rusage, World},
@@ -135,57 +136,24 @@ fn measure(
         );
     }
 
-    let (mut times, mut rsss) = (Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
-        check_interrupted()?;
-        let (t, r) = apply()?;
-        times.push(t);
-        rsss.push(r);
-    }
-    report.figure(
-        SECTION,
+    timed_rounds(
+        report,
+        o.rounds,
         "re-apply on the converged host (nothing to do)",
-        summary(&times)?,
-        Unit::Ms,
-        "",
-        Verdict::Info,
-    );
-    report.figure(
-        SECTION,
-        "  its peak RSS",
-        summary(&rsss)?,
-        Unit::KiB,
-        "",
-        Verdict::Info,
-    );
-
-    let (mut times, mut rsss) = (Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
-        check_interrupted()?;
-        let (t, r) = run_rusage(
-            Command::new(&w.cgacct_pin)
-                .args(["status", "--json", "--root"])
-                .arg(root),
-        )?;
-        times.push(t);
-        rsss.push(r);
-    }
-    report.figure(
-        SECTION,
+        &apply,
+    )?;
+    timed_rounds(
+        report,
+        o.rounds,
         "status --json (every cgroup's net.stat keys)",
-        summary(&times)?,
-        Unit::Ms,
-        "",
-        Verdict::Info,
-    );
-    report.figure(
-        SECTION,
-        "  its peak RSS",
-        summary(&rsss)?,
-        Unit::KiB,
-        "",
-        Verdict::Info,
-    );
+        &|| {
+            run_rusage(
+                Command::new(&w.cgacct_pin)
+                    .args(["status", "--json", "--root"])
+                    .arg(root),
+            )
+        },
+    )?;
 
     // The top cgroup's net.stat: the iterator walks its whole subtree.
     let pins = Pins::new(root, true);
@@ -213,21 +181,37 @@ fn measure(
     churn(report, w, o, layout, &pins, top)
 }
 
+/// `rounds` runs of `run` (wall ms, peak RSS KiB): the figures of both.
+fn timed_rounds(
+    report: &mut Report,
+    rounds: usize,
+    what: &str,
+    run: &dyn Fn() -> Result<(f64, f64)>,
+) -> Result<()> {
+    let (mut times, mut rsss) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        check_interrupted()?;
+        let (t, r) = run()?;
+        times.push(t);
+        rsss.push(r);
+    }
+    report.figure(SECTION, what, summary(&times)?, Unit::Ms, "", Verdict::Info);
+    report.figure(
+        SECTION,
+        "  its peak RSS",
+        summary(&rsss)?,
+        Unit::KiB,
+        "",
+        Verdict::Info,
+    );
+    Ok(())
+}
+
 /// Every cgroup gets counters in both cgroup maps (made up, written from
 /// here), then the maps are read back the way `status` does.
 fn dump(report: &mut Report, o: &Options, pins: &Pins, total: usize, memcg: Option<&Memcg>) -> Result<()> {
     let cpus = cgacct_pin::observe::kernel::nr_cpus()? as usize;
-    let value = |k: u64| -> Result<PerCpuValues<Counters>> {
-        let per_cpu: Vec<Counters> = (0..cpus as u64)
-            .map(|c| Counters {
-                rx_bytes: k * 1000 + c,
-                rx_packets: k + c,
-                tx_bytes: k * 2000 + c,
-                tx_packets: 2 * k + c,
-            })
-            .collect();
-        PerCpuValues::try_from(per_cpu).map_err(|e| anyhow!("per-CPU values: {e}"))
-    };
+    let value = |k: u64| reads::made_up_counters(k, cpus);
     let before = memcg.map(|m| m.bytes()).transpose()?;
     // Ids far above any real cgroup's: these are not cgroups of the host.
     let base = 1u64 << 40;

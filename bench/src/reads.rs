@@ -144,6 +144,20 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     dump(report, w, o)
 }
 
+/// Per-CPU counters for key `k` on `cpus` CPUs, each CPU's different, for
+/// maps filled from the benchmark.
+pub fn made_up_counters(k: u64, cpus: usize) -> Result<PerCpuValues<Counters>> {
+    let per_cpu: Vec<Counters> = (0..cpus as u64)
+        .map(|c| Counters {
+            rx_bytes: k * 1000 + c,
+            rx_packets: k + c,
+            tx_bytes: k * 2000 + c,
+            tx_packets: 2 * k + c,
+        })
+        .collect();
+    PerCpuValues::try_from(per_cpu).map_err(|e| anyhow!("per-CPU values: {e}"))
+}
+
 /// Fills the pinned maps of a fresh root with `dump_keys` cgroups (both
 /// cgroup maps) and a tenth as many interfaces, then reads them all back
 /// the way `status` does, by batch and key by key, interleaved.
@@ -155,17 +169,7 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         .arg(&layout))?;
     let pins = Pins::new(&root, true);
     let cpus = cgacct_pin::observe::kernel::nr_cpus()? as usize;
-    let value = |k: u64| -> Result<PerCpuValues<Counters>> {
-        let per_cpu: Vec<Counters> = (0..cpus as u64)
-            .map(|c| Counters {
-                rx_bytes: k * 1000 + c,
-                rx_packets: k + c,
-                tx_bytes: k * 2000 + c,
-                tx_packets: 2 * k + c,
-            })
-            .collect();
-        PerCpuValues::try_from(per_cpu).map_err(|e| anyhow!("per-CPU values: {e}"))
-    };
+    let value = |k: u64| made_up_counters(k, cpus);
     for name in [maps::CGROUP_STATS, maps::TC_CGROUP_STATS] {
         let data = MapData::from_pin(pins.map(name))?;
         let mut m: PerCpuHashMap<MapData, u64, Counters> = Map::PerCpuHashMap(data).try_into()?;

@@ -2,6 +2,7 @@
 //! directory's entries sorted by name, parents before children), from which
 //! the stats files, the link pins and the access state are all taken.
 use std::{
+    ffi::OsString,
     fs, io,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -43,26 +44,13 @@ pub fn walk_sorted(
     wanted: &mut impl FnMut(&fs::FileType) -> bool,
     visit: &mut impl FnMut(PathBuf, &fs::Metadata),
 ) -> io::Result<()> {
-    let list = match fs::read_dir(dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut found = Vec::new();
-    for e in list {
-        let e = match e {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let Ok(kind) = e.file_type() else { continue };
+    let found = listing(dir, |e| {
+        let kind = e.file_type().ok()?;
         if !wanted(&kind) {
-            continue;
+            return None;
         }
-        let Ok(meta) = e.metadata() else { continue };
-        found.push((e.file_name(), meta));
-    }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
+        e.metadata().ok()
+    })?;
     for (name, meta) in found {
         let path = dir.join(name);
         let is_dir = meta.is_dir();
@@ -80,9 +68,24 @@ pub fn walk_sorted(
 /// Directories removed meanwhile are skipped.
 pub fn walk_dirs(dir: &Path, visit: &mut impl FnMut(PathBuf, u64)) -> io::Result<()> {
     use std::os::unix::fs::DirEntryExt as _;
+    let found = listing(dir, |e| e.file_type().is_ok_and(|t| t.is_dir()).then(|| e.ino()))?;
+    for (name, ino) in found {
+        let path = dir.join(name);
+        visit(path.clone(), ino);
+        walk_dirs(&path, visit)?;
+    }
+    Ok(())
+}
+
+/// The entries of `dir` that `keep` gives something for, by name; none
+/// when `dir` is gone, and entries removed meanwhile are skipped.
+fn listing<T>(
+    dir: &Path,
+    mut keep: impl FnMut(&fs::DirEntry) -> Option<T>,
+) -> io::Result<Vec<(OsString, T)>> {
     let list = match fs::read_dir(dir) {
         Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut found = Vec::new();
@@ -92,17 +95,12 @@ pub fn walk_dirs(dir: &Path, visit: &mut impl FnMut(PathBuf, u64)) -> io::Result
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            found.push((e.file_name(), e.ino()));
+        if let Some(t) = keep(&e) {
+            found.push((e.file_name(), t));
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, ino) in found {
-        let path = dir.join(name);
-        visit(path.clone(), ino);
-        walk_dirs(&path, visit)?;
-    }
-    Ok(())
+    Ok(found)
 }
 
 /// Every entry under a root, the root first.
