@@ -62,6 +62,9 @@ struct Follow {
     inotify: Inotify,
     /// Watch -> path of the watched directory.
     wds: HashMap<WatchDescriptor, String>,
+    /// Path -> its watch: a removal finds the watch without a scan of all
+    /// of them (at 100,000 cgroups that scan was most of `watch`'s CPU).
+    wd_of: HashMap<String, WatchDescriptor>,
     buf: Vec<u8>,
 }
 
@@ -91,6 +94,7 @@ impl CgroupTree {
         let follow = Follow {
             inotify,
             wds: HashMap::new(),
+            wd_of: HashMap::new(),
             buf: vec![0; 64 * 1024],
         };
         let mut t = CgroupTree::empty(mount, Some(follow));
@@ -201,7 +205,9 @@ impl CgroupTree {
             self.by_path.remove(&p);
             self.by_id.remove(&id);
             if let Some(f) = &mut self.follow {
-                f.wds.retain(|_, wp| *wp != p);
+                if let Some(wd) = f.wd_of.remove(&p) {
+                    f.wds.remove(&wd);
+                }
             }
             changes.push(Change::Removed { id, path: p });
         }
@@ -214,6 +220,12 @@ impl CgroupTree {
         if let Some(f) = &mut self.follow {
             match f.inotify.watches().add(&dir, MASK) {
                 Ok(wd) => {
+                    // A directory made again at a path: its old watch is gone.
+                    if let Some(old) = f.wd_of.insert(path.to_string(), wd.clone()) {
+                        if old != wd {
+                            f.wds.remove(&old);
+                        }
+                    }
                     f.wds.insert(wd, path.to_string());
                 }
                 Err(e) if gone(&e) => return Ok(()),
@@ -265,6 +277,7 @@ impl CgroupTree {
         self.by_id.clear();
         self.by_path.clear();
         if let Some(f) = &mut self.follow {
+            f.wd_of.clear();
             for wd in std::mem::take(&mut f.wds).into_keys() {
                 let _ = f.inotify.watches().remove(wd);
             }
