@@ -196,7 +196,6 @@ impl Watcher {
         if self.layout.tc_owners.is_empty() && !self.layout.tc_discover_owners {
             return;
         }
-        self.obs.cgroups = self.tree.cgroups();
         if let Err(e) = owners::converge(&self.layout, &self.obs, |l| log(&l)) {
             log(&format!("warning: interface owners: {e:#}"));
         }

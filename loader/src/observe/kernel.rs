@@ -134,7 +134,7 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    pub fn new(btf: Btf) -> KernelBtf {
+    fn new(btf: Btf) -> KernelBtf {
         KernelBtf {
             btf,
             by_name: Mutex::new(HashMap::new()),

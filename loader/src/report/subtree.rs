@@ -123,6 +123,7 @@ impl Stats {
     }
 
     /// [`Stats::iter`], by id.
+    #[cfg(test)]
     pub fn to_map(&self) -> BTreeMap<u64, BTreeMap<String, u64>> {
         self.iter().collect()
     }
