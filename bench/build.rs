@@ -7,8 +7,9 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root = std::path::Path::new(&manifest_dir);
     let progs = root.join("progs");
-    let account = root.join("../programs/src/account.rs");
-    println!("cargo:rerun-if-changed={}", account.display());
+    // The programs compile cgacct's packet measurement from its source.
+    let measure = root.join("../programs/src/measure.rs");
+    println!("cargo:rerun-if-changed={}", measure.display());
     let progs_dir = progs.to_str().context("non-UTF-8 path to bench/progs/")?;
     aya_build::build_ebpf(
         [aya_build::Package {
