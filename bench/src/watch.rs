@@ -1,13 +1,11 @@
 //! Section 5, watch latency: `mkdir` of a cgroup to its `net.stat` being readable,
 //! with `cgacct-pin watch` running.
 //!
-//! SLOT: the watcher is being built on another branch. Until
-//! `cgacct-pin watch --help` succeeds this section reports "not available".
-//! When it exists, the measurement below runs it as
-//! `cgacct-pin watch LAYOUT` (in the foreground, stopped with SIGTERM) and
-//! times `mkdir` -> first successful read of the new cgroup's `net.stat`,
-//! one cgroup at a time; adjust the invocation here if the watcher's
-//! command line differs.
+//! Runs `cgacct-pin watch LAYOUT` (in the foreground, stopped with
+//! SIGTERM) and times `mkdir` -> first successful read of the new
+//! cgroup's `net.stat`, one cgroup at a time. Where `cgacct-pin watch
+//! --help` fails (a binary without the command) the section reports "not
+//! available".
 use std::{
     fs,
     process::{Child, Command, Stdio},
