@@ -784,19 +784,36 @@ fn removal(s: &Scene, containers: &mut Containers, compose: bool) {
         ("socket", "tx", "self_tx"),
         ("tc", "rx", "self_tc_ingress"),
         ("tc", "tx", "self_tc_egress"),
-        ("veth", "rx", "self_veth_rx"),
         ("veth", "tx", "self_veth_tx"),
     ] {
         for unit in ["bytes", "packets"] {
             let got = &r["own"][family][format!("{dir}_{unit}")];
-            let flood = match (family, dir, unit) {
-                ("veth", "rx", "bytes") => fb,
-                ("veth", "rx", _) => fp,
-                _ => 0,
-            };
-            let want = last[&format!("{key}_{unit}")] + flood;
+            let want = last[&format!("{key}_{unit}")];
             assert_eq!(*got, want, "{family} {dir}_{unit}: {r}");
         }
+    }
+    // Frames the bridge flooded after `web`'s port left it reached `db`
+    // only: `web` got the flood of the window up to its port's removal,
+    // every such frame whole, and no frame `db` did not get.
+    let since = |unit: &str| {
+        let got = r["own"]["veth"][format!("rx_{unit}")]
+            .as_u64()
+            .expect("a counter");
+        let was = last[&format!("self_veth_rx_{unit}")];
+        got.checked_sub(was)
+            .unwrap_or_else(|| panic!("veth rx_{unit} fell from {was} to {got}: {r}"))
+    };
+    let (p, b) = (since("packets"), since("bytes"));
+    assert!(
+        p <= fp && b <= fb && (p == 0) == (b == 0) && (p < fp || b == fb),
+        "veth rx after the last read: {p} frames, {b} B; the bridge flooded {fp} frames, {fb} B \
+         to the other meanwhile: {r}"
+    );
+    if fp > 0 {
+        eprintln!(
+            "{}: {fp} frames ({fb} B) flooded while {} was removed, {p} ({b} B) before its port left",
+            s.rt.kind, s.web.name
+        );
     }
     assert!(
         recs.iter()
