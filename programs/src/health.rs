@@ -629,16 +629,16 @@ pub fn removed<const MODE: u8>(id: u64, parent: u64) {
     let _ = HEALTH_DEPARTED.remove(id);
 }
 
-/// `id` is released by the kernel: what still sits under it goes to its
-/// nearest live ancestor, starting at `parent`.
+/// `id` is released by the kernel: what still sits under it goes to `to`,
+/// its nearest live ancestor (None: the overflow buckets).
 #[inline(always)]
-pub fn released<const MODE: u8>(id: u64, parent: u64) {
+pub fn released<const MODE: u8>(id: u64, to: Option<u64>) {
     let Some(mut h) = own::<MODE>(id) else {
         return;
     };
     h.add(&gone(id));
     if h.any() != 0 {
-        into_departed(live_ancestor(parent), &h);
+        into_departed(to, &h);
     }
     let _ = HEALTH_STATS.remove(&id);
     let _ = HEALTH_DEPARTED.remove(id);

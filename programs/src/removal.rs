@@ -179,44 +179,34 @@ unsafe fn release<const MODE: u8>(cgrp: *const u8) -> Option<()> {
         cgroups = d.cgroups;
         left.add(&d.totals);
     }
-    let dying = DYING.get_ptr_mut(id);
-    let health_parent = match dying {
+    // Where it all goes: the nearest live ancestor of its parent (the
+    // parent its `DYING` entry names, or the kernel's when it has none).
+    // Found once; the `DYING` entry is looked up again at the end, so the
+    // verifier walks the code between once, not once per case.
+    let parent = match DYING.get_ptr(id) {
         // SAFETY: non-NULL lookup result.
         Some(d) => Some(unsafe { (*d).parent_id }),
         // SAFETY: probe reads.
         None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
     };
-    if let Some(parent) = health_parent {
-        health::released::<MODE>(id, parent);
+    let to = parent.and_then(live_ancestor);
+    health::released::<MODE>(id, to);
+    let late = cgroups | left.any() != 0;
+    if late {
+        into_departed(to, cgroups, &left);
     }
-    if cgroups | left.any() != 0 {
-        let parent = match dying {
-            // SAFETY: non-NULL lookup result.
-            Some(d) => unsafe { (*d).parent_id },
-            // SAFETY: probe reads.
-            None => unsafe { kn_id(kn_parent(kn)?) }?,
-        };
-        into_departed(live_ancestor(parent), cgroups, &left);
-        if let Some(d) = dying {
-            // SAFETY: non-NULL lookup result; field projection.
-            add_totals(unsafe { &raw mut (*d).late }, &left);
-        }
-    }
-    let to = match dying {
-        // SAFETY: non-NULL lookup result.
-        Some(d) => Some(unsafe { (*d).parent_id }),
-        // SAFETY: probe reads.
-        None => unsafe { kn_parent(kn).and_then(|p| kn_id(p)) },
-    };
-    classes::fold::<MODE>(id, to.and_then(live_ancestor));
+    classes::fold::<MODE>(id, to);
     let _ = CGROUP_STATS.remove(id);
     let _ = TC_CGROUP_STATS.remove(id);
     let _ = VETH_STATS.remove(id);
     let _ = DEPARTED.remove(id);
-    if let Some(d) = dying {
+    if let Some(d) = DYING.get_ptr_mut(id) {
         // SAFETY: non-NULL lookup result; no packet can reach this entry
         // any more.
         let d = unsafe { &mut *d };
+        if late {
+            add_totals(&raw mut d.late, &left);
+        }
         if d.late.any() == 0 {
             let _ = DYING.remove(id);
         } else {
