@@ -90,6 +90,9 @@ pub fn read_pin(pins: &Pins, pin: &Path, interfaces: &[Interface]) -> Result<Opt
     tc::filters::marker_state(pins, pin, ifindex_of)
 }
 
+/// What the kernel holds under the root, from the walk `tree` of it;
+/// `health`, what the kernel offers the health programs, is probed by the
+/// caller (beside the walks).
 pub fn read(
     pins: &Pins,
     tree: &Tree,
@@ -97,6 +100,7 @@ pub fn read(
     cgroups: &[Cgroup],
     cgroup_mount: &Path,
     k: object::Kernel,
+    health: super::health::HealthKernel,
 ) -> Result<Held> {
     let mut held = Held::default();
     let health_programs = object::health::PROGRAMS.iter().map(|p| p.name);
@@ -152,7 +156,7 @@ pub fn read(
     }
     held.strays = strays(&held, interfaces, cgroups, cgroup_mount)?;
     held.classes = super::classes::read(pins).context("reading the class tables")?;
-    held.health = super::health::probe()?;
+    held.health = health;
     held.health.failed = super::health::failed_programs(&pins.map(cgacct_common::health::maps::HEALTH_STATE));
     Ok(held)
 }

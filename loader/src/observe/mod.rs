@@ -85,26 +85,49 @@ impl Observed {
             bpffs::root::check_name(&layout.root)?;
             true
         };
-        // The cgroup walk and the interface list at once.
-        let (cgroups, interfaces) = std::thread::scope(|s| {
+        let pins = Pins::new(&layout.root, dots);
+        // The cgroup walk, the interface list, the root's tree and the
+        // kernel's BTF (what the health programs can hook) at once: each
+        // only reads, and with a thousand containers each takes tens of
+        // milliseconds.
+        let (cgroups, interfaces, tree, health) = std::thread::scope(|s| {
             let cgroups = s.spawn(|| host::cgroups(&cgroup_mount));
+            let tree = s.spawn(|| Tree::read(&pins));
+            let health = s.spawn(|| {
+                let h = health::probe();
+                kernel::features();
+                h
+            });
             let interfaces = host::interfaces();
-            let cgroups = cgroups.join().map_err(|_| anyhow!("the cgroup walk panicked"))?;
-            Ok::<_, anyhow::Error>((cgroups?, interfaces?))
+            let panicked = |what: &str| anyhow!("{what} panicked");
+            Ok::<_, anyhow::Error>((
+                cgroups.join().map_err(|_| panicked("the cgroup walk"))??,
+                interfaces?,
+                tree.join().map_err(|_| panicked("the walk of the root"))??,
+                health.join().map_err(|_| panicked("reading the kernel's BTF"))??,
+            ))
         })?;
-        let mut o = Observed {
-            pins: Pins::new(&layout.root, dots),
+        let held = held::read(
+            &pins,
+            &tree,
+            &interfaces,
+            &cgroups,
+            &cgroup_mount,
+            kernel::features().object(),
+            health,
+        )
+        .context("reading what the kernel holds under the root")?;
+        Ok(Observed {
+            pins,
             cgroups,
             cgroup_mount,
             interfaces,
-            tree: Tree::default(),
-            held: Held::default(),
+            tree,
+            held,
             kernel: kernel::features(),
             tc_preference: layout.tc_attach,
             tc: std::cell::OnceCell::new(),
-        };
-        o.read_held()?;
-        Ok(o)
+        })
     }
 
     /// An observed state made by hand (tests of the planners), on a kernel
@@ -149,6 +172,7 @@ impl Observed {
             &self.cgroups,
             &self.cgroup_mount,
             self.kernel.object(),
+            health::probe()?,
         )
         .context("reading what the kernel holds under the root")?;
         Ok(())
