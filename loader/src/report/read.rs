@@ -2,7 +2,7 @@
 //! from `net.stat` text.
 use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap};
 use cgacct_common::{maps, ClassKey, Counters};
 
@@ -125,18 +125,30 @@ pub struct Snapshot {
     pub classes: BTreeMap<u64, BTreeMap<String, Counters>>,
 }
 
+/// Reads the root's counter maps, the two cgroup maps on threads of their
+/// own beside the rest: each map is a walk of the kernel's hash table and
+/// a copy-out of every CPU's slots, independent of the others (at 100,000
+/// cgroups about half the dump each).
 pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
-    Ok(Snapshot {
-        cgroups: map_totals(&pins.map(maps::CGROUP_STATS))?,
-        tc_cgroups: map_totals(&pins.map(maps::TC_CGROUP_STATS))?,
-        interfaces: map_totals(&pins.map(maps::IFACE_STATS))?,
+    let panicked = |_| anyhow!("the thread reading a counter map panicked");
+    std::thread::scope(|s| {
+        let cgroups = s.spawn(|| map_totals(&pins.map(maps::CGROUP_STATS)));
+        let tc_cgroups = s.spawn(|| map_totals(&pins.map(maps::TC_CGROUP_STATS)));
+        let interfaces = map_totals(&pins.map(maps::IFACE_STATS))?;
         // Roots made before owners existed have no such map yet.
-        veth: if pins.map(maps::VETH_STATS).exists() {
+        let veth = if pins.map(maps::VETH_STATS).exists() {
             map_totals(&pins.map(maps::VETH_STATS))?
         } else {
             BTreeMap::new()
-        },
-        classes: class_totals(pins)?,
+        };
+        let classes = class_totals(pins)?;
+        Ok(Snapshot {
+            cgroups: cgroups.join().map_err(panicked)??,
+            tc_cgroups: tc_cgroups.join().map_err(panicked)??,
+            interfaces,
+            veth,
+            classes,
+        })
     })
 }
 
