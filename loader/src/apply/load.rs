@@ -33,16 +33,12 @@ pub fn load_programs(
     pins: &Pins,
     replaced: &BTreeSet<String>,
     health: &HealthKernel,
+    prefetch: Option<Prefetch>,
 ) -> Result<Ebpf> {
     let k = kernel::features().object();
-    // aya parses the kernel's BTF for the loader and again for the program
-    // loads (each parse about 20 ms): the second beside the first.
-    let parsing = std::thread::spawn(Btf::from_sys_fs);
-    let mut ebpf = against_pins(layout, pins, replaced, health)?;
-    let btf = parsing
-        .join()
-        .map_err(|_| anyhow!("the thread reading kernel BTF panicked"))?
-        .context("reading kernel BTF")?;
+    let (loader, btf) = prefetch.unwrap_or_else(Prefetch::start).join()?;
+    let mut ebpf = against_pins(loader, layout, pins, replaced, health)?;
+    let btf = btf.context("reading kernel BTF")?;
     let mut jobs: Vec<(&str, Job)> = object::health::PROGRAMS
         .iter()
         .filter(|p| health.programs.contains(p.name))
@@ -67,6 +63,38 @@ pub fn load_programs(
         pin_loaded(&mut ebpf, pins, name, from)?;
     }
     Ok(ebpf)
+}
+
+/// The kernel's BTF parsed on threads of their own: aya parses it for the
+/// loader and again for the program loads, each parse about 20 ms. Started
+/// before the host is read when a load is sure (a root without programs),
+/// or at the load.
+pub struct Prefetch {
+    loader: std::thread::JoinHandle<EbpfLoader<'static>>,
+    btf: std::thread::JoinHandle<Result<Btf, aya::BtfError>>,
+}
+
+impl Prefetch {
+    pub fn start() -> Prefetch {
+        Prefetch {
+            loader: std::thread::spawn(EbpfLoader::new),
+            btf: std::thread::spawn(Btf::from_sys_fs),
+        }
+    }
+
+    /// Started when the root under `pins` holds no programs: its apply
+    /// loads them.
+    pub fn for_root(pins: &Pins) -> Option<Prefetch> {
+        (!pins.prog(object::PROGRAMS[0]).exists()).then(Prefetch::start)
+    }
+
+    fn join(self) -> Result<(EbpfLoader<'static>, Result<Btf, aya::BtfError>)> {
+        let panicked = |_| anyhow!("the thread reading kernel BTF panicked");
+        Ok((
+            self.loader.join().map_err(panicked)?,
+            self.btf.join().map_err(panicked)?,
+        ))
+    }
 }
 
 /// How a program of the object is loaded.
@@ -136,14 +164,16 @@ pub fn load_one(program: &mut Program, job: Job, btf: &Btf) -> Result<(), Progra
 /// pinned one (an fentry program whose first link is gone, on kernels
 /// that cannot attach it again).
 pub fn reload_health(layout: &Layout, pins: &Pins, health: &HealthKernel, name: &str) -> Result<()> {
-    let mut ebpf = against_pins(layout, pins, &BTreeSet::new(), health)?;
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let (loader, btf) = Prefetch::start().join()?;
+    let mut ebpf = against_pins(loader, layout, pins, &BTreeSet::new(), health)?;
+    let btf = btf.context("reading kernel BTF")?;
     super::health::reload(&mut ebpf, pins, name, &btf)
 }
 
 /// The object with its globals set and its maps taken from their pins
 /// (those being `replaced` made new); no program loaded yet.
 fn against_pins(
+    loader: EbpfLoader<'static>,
     layout: &Layout,
     pins: &Pins,
     replaced: &BTreeSet<String>,
@@ -155,7 +185,8 @@ fn against_pins(
     let shared = u32::from(k.shared_counters);
     let build = object::this_build();
     sys::os::raise_memlock();
-    let mut loader = EbpfLoader::new();
+    // Borrowing the globals above for as long as the load.
+    let mut loader: EbpfLoader<'_> = loader;
     loader
         .override_global(globals::NR_CPUS, &nr_cpus, true)
         .override_global(globals::CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)

@@ -53,11 +53,13 @@ pub struct Partial {
 }
 
 /// Runs `actions` in order, calling `report` after each one succeeds and
-/// `note` with a line about how they run (expedited grace periods).
+/// `note` with a line about how they run (expedited grace periods);
+/// `prefetch`: the kernel's BTF, parsed since before the plan.
 pub fn execute(
     layout: &Layout,
     o: &Observed,
     actions: &[Action],
+    prefetch: Option<load::Prefetch>,
     mut report: impl FnMut(&Action),
     mut note: impl FnMut(&str),
 ) -> Result<(), Partial> {
@@ -75,6 +77,7 @@ pub fn execute(
                 _ => None,
             })
             .collect(),
+        prefetch,
         ..Session::default()
     };
     for dir in [
@@ -146,13 +149,21 @@ struct Session {
     loaded: Option<Ebpf>,
     /// Maps being replaced: not reused at load.
     replaced: BTreeSet<String>,
+    /// The kernel's BTF, parsed ahead for the load.
+    prefetch: Option<load::Prefetch>,
 }
 
 fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Result<()> {
     let pins = &o.pins;
     match action {
         Action::LoadPrograms { .. } => {
-            s.loaded = Some(load::load_programs(layout, pins, &s.replaced, &o.held.health)?);
+            s.loaded = Some(load::load_programs(
+                layout,
+                pins,
+                &s.replaced,
+                &o.held.health,
+                s.prefetch.take(),
+            )?);
             for p in object::programs(o.kernel.object())
                 .iter()
                 .copied()

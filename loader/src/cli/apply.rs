@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 use super::{done, load_layout, make_plan, print_plan, say, Done, Failure, PlanOpts};
 use crate::{
     apply::{self, owners, Partial},
-    bpffs::root::{self, RootLock},
+    bpffs::{
+        root::{self, RootLock},
+        Pins,
+    },
     observe::host,
     plan::Action,
     report::capacity,
@@ -48,6 +51,8 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     }
     root::check_on_bpffs(&layout.root)?;
     super::restore_rcu();
+    // Names with dots do not matter here: program pins have none.
+    let prefetch = apply::load::Prefetch::for_root(&Pins::new(&layout.root, true));
     let created = root::create(&layout.root)?;
     let planned = RootLock::take(&layout.root, Duration::from_secs(a.lock_timeout))
         .map_err(Failure::from)
@@ -80,7 +85,7 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     if actions.iter().any(|a| matches!(a, Action::AttachTc { .. })) && o.tc()?.mode == Mode::Clsact {
         say(format_args!("note: {}", o.tc()?.describe()));
     }
-    apply::execute(&layout, &o, &actions, |a| say(a), |l| say(l)).map_err(Failure::Partial)?;
+    apply::execute(&layout, &o, &actions, prefetch, |a| say(a), |l| say(l)).map_err(Failure::Partial)?;
     let owners = owners::converge(&layout, &o, say).map_err(|e| {
         Failure::Partial(Partial {
             done: actions.len(),

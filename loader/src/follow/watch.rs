@@ -146,7 +146,7 @@ impl Watcher {
             return;
         }
         let report = |a: &Action| log(&a.to_string());
-        if apply::execute(&self.layout, &self.obs, actions, report, log).is_ok() {
+        if apply::execute(&self.layout, &self.obs, actions, None, report, log).is_ok() {
             return;
         }
         for a in actions {
@@ -164,7 +164,14 @@ impl Watcher {
             return;
         }
         let report = |a: &Action| log(&a.to_string());
-        if let Err(e) = apply::execute(&self.layout, &self.obs, std::slice::from_ref(a), report, log) {
+        if let Err(e) = apply::execute(
+            &self.layout,
+            &self.obs,
+            std::slice::from_ref(a),
+            None,
+            report,
+            log,
+        ) {
             log(&format!("warning: {e:#} (the next reconcile retries)"));
         }
     }

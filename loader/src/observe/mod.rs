@@ -104,7 +104,9 @@ impl Observed {
                 cgroups.join().map_err(|_| panicked("the cgroup walk"))??,
                 interfaces?,
                 tree.join().map_err(|_| panicked("the walk of the root"))??,
-                health.join().map_err(|_| panicked("reading the kernel's BTF"))??,
+                health
+                    .join()
+                    .map_err(|_| panicked("reading the kernel's BTF"))??,
             ))
         })?;
         let held = held::read(
