@@ -178,21 +178,31 @@ pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> i
     Ok(value)
 }
 
-/// `mkdir -p` below `root` (which must exist), dotted names included.
+/// `mkdir -p` below `root` (which must exist), dotted names included. The
+/// deepest directory is tried first, its parents only when it cannot be
+/// made: one mkdir where they exist (every pin after the first of a
+/// directory).
 pub fn create_dirs(root: &Path, path: &Path) -> io::Result<()> {
-    let rel = path
-        .strip_prefix(root)
-        .map_err(|_| io::Error::other("path outside root"))?;
-    let mut cur = root.to_path_buf();
-    for comp in rel.components() {
-        cur.push(comp);
-        match create_with_dots(&cur, || fs::create_dir(&cur)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+    if path == root {
+        return Ok(());
     }
-    Ok(())
+    if !path.starts_with(root) {
+        return Err(io::Error::other("path outside root"));
+    }
+    let mkdir = || match create_with_dots(path, || fs::create_dir(path)) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    };
+    match mkdir() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = path
+                .parent()
+                .ok_or_else(|| io::Error::other("path outside root"))?;
+            create_dirs(root, parent)?;
+            mkdir()
+        }
+        other => other,
+    }
 }
 
 /// Whether this bpffs accepts dotted names created as above. Probed on
@@ -213,6 +223,23 @@ pub fn probe_dots(root: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_dirs_makes_missing_parents_and_keeps_existing_ones() {
+        let root = std::env::temp_dir().join(format!("cgacct-names-{}", std::process::id()));
+        fs::create_dir_all(&root).expect("temp root");
+        let deep = root.join("links/tc/eth0");
+        create_dirs(&root, &deep).expect("from nothing");
+        assert!(deep.is_dir());
+        create_dirs(&root, &deep).expect("again");
+        create_dirs(&root, &root.join("links/tc/eth1")).expect("a sibling");
+        assert!(root.join("links/tc/eth1").is_dir());
+        create_dirs(&root, &root).expect("the root itself");
+        assert!(create_dirs(&root, Path::new("/elsewhere")).is_err());
+        fs::write(root.join("file"), "").expect("a file");
+        assert!(create_dirs(&root, &root.join("file/below")).is_err());
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
 
     #[test]
     fn unescape_inverts_escape() {
