@@ -92,19 +92,103 @@ pub fn execute(
     }
     // Opened at the first TCX attachment, closed (dropped) on every return.
     let mut window: Option<Option<expedite::Window>> = None;
-    for (done, action) in actions.iter().enumerate() {
+    let mut done = 0;
+    while done < total {
+        let action = &actions[done];
         if window.is_none() && matches!(action, Action::AttachTc { .. }) {
             window = Some(expedite_window(layout, o, &actions[done..], &mut note));
         }
-        if let Some(sig) = expedite::Window::interrupted() {
-            return Err(partial(done, anyhow!("stopped by signal {sig}")));
+        if let Some((tc, cg)) = side_by_side(&actions[done..]) {
+            let (first, second) = actions[done..done + cg].split_at(tc);
+            let (n, failed) = run_side_by_side(layout, o, &mut s, first, second, &mut report);
+            if let Some(e) = failed {
+                return Err(partial(done + n, e));
+            }
+            done += cg;
+            continue;
         }
-        run(layout, o, &mut s, action)
-            .with_context(|| format!("failed to {action}"))
-            .map_err(|e| partial(done, e))?;
+        step(layout, o, &mut s, action).map_err(|e| partial(done, e))?;
         report(action);
+        done += 1;
     }
     Ok(())
+}
+
+/// One action, unless a signal asked to stop.
+fn step(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Result<()> {
+    if let Some(sig) = expedite::Window::interrupted() {
+        return Err(anyhow!("stopped by signal {sig}"));
+    }
+    run(layout, o, s, action).with_context(|| format!("failed to {action}"))
+}
+
+/// Where `actions` start with TC attachments followed by cgroup
+/// attachments and stats files: the ends of the two runs. The first waits
+/// on the kernel (RTNL and a grace period per TCX link), the second takes
+/// the cgroup mutex: each can go on while the other waits.
+fn side_by_side(actions: &[Action]) -> Option<(usize, usize)> {
+    let tc = actions
+        .iter()
+        .take_while(|a| matches!(a, Action::AttachTc { .. }))
+        .count();
+    let cg = actions[tc..]
+        .iter()
+        .take_while(|a| matches!(a, Action::AttachCgroup { .. } | Action::PinStats { .. }))
+        .count();
+    (tc > 0 && cg > 0).then_some((tc, tc + cg))
+}
+
+/// Runs `first` here and `second` on a thread beside it, each in order,
+/// and reports those done, `first`'s as they are done, then `second`'s. A
+/// failure on either side stops both after their current action: the
+/// number done and the first error.
+fn run_side_by_side(
+    layout: &Layout,
+    o: &Observed,
+    s: &mut Session,
+    first: &[Action],
+    second: &[Action],
+    report: &mut impl FnMut(&Action),
+) -> (usize, Option<anyhow::Error>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let stop_both = || stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::thread::scope(|scope| {
+        let beside = scope.spawn(|| {
+            // Programs opened from their pins, apart from this thread's.
+            let mut s = Session::default();
+            let mut n = 0;
+            for a in second {
+                if stopped() {
+                    return (n, None);
+                }
+                if let Err(e) = step(layout, o, &mut s, a) {
+                    stop_both();
+                    return (n, Some(e));
+                }
+                n += 1;
+            }
+            (n, None)
+        });
+        let (mut n, mut failed) = (0, None);
+        for a in first {
+            if stopped() {
+                break;
+            }
+            if let Err(e) = step(layout, o, s, a) {
+                stop_both();
+                failed = Some(e);
+                break;
+            }
+            report(a);
+            n += 1;
+        }
+        let (m, beside_failed) = beside
+            .join()
+            .unwrap_or_else(|_| (0, Some(anyhow!("the thread attaching to cgroups panicked"))));
+        second[..m].iter().for_each(&mut *report);
+        (n + m, failed.or(beside_failed))
+    })
 }
 
 /// Expedited grace periods for a bulk TCX attach ([`expedite`]), unless

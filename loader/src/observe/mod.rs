@@ -68,7 +68,7 @@ pub struct Observed {
     pub tc_preference: tc::Preference,
     /// How TC attaches, decided the first time it is needed: probing the
     /// kernel loads a program, which a no-op apply must not do.
-    tc: std::cell::OnceCell<tc::Choice>,
+    tc: std::sync::OnceLock<tc::Choice>,
 }
 
 impl Observed {
@@ -128,7 +128,7 @@ impl Observed {
             held,
             kernel: kernel::features(),
             tc_preference: layout.tc_attach,
-            tc: std::cell::OnceCell::new(),
+            tc: std::sync::OnceLock::new(),
         })
     }
 
@@ -150,7 +150,7 @@ impl Observed {
             held,
             kernel: kernel::Features::ALL,
             tc_preference: tc::Preference::Auto,
-            tc: std::cell::OnceCell::new(),
+            tc: std::sync::OnceLock::new(),
         }
     }
 
