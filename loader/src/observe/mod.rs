@@ -87,9 +87,9 @@ impl Observed {
         };
         let pins = Pins::new(&layout.root, dots);
         // The cgroup walk, the interface list, the root's tree and the
-        // kernel's BTF (what the health programs can hook) at once: each
-        // only reads, and with a thousand containers each takes tens of
-        // milliseconds.
+        // kernel's BTF (what the health programs can hook) and features
+        // (probed once per process, remembered) at once: each only reads,
+        // and with a thousand containers each takes tens of milliseconds.
         let (cgroups, interfaces, tree, health) = std::thread::scope(|s| {
             let cgroups = s.spawn(|| host::cgroups(&cgroup_mount));
             let tree = s.spawn(|| Tree::read(&pins));
@@ -109,27 +109,19 @@ impl Observed {
                     .map_err(|_| panicked("reading the kernel's BTF"))??,
             ))
         })?;
-        let held = held::read(
-            &pins,
-            &tree,
-            &interfaces,
-            &cgroups,
-            &cgroup_mount,
-            kernel::features().object(),
-            health,
-        )
-        .context("reading what the kernel holds under the root")?;
-        Ok(Observed {
+        let mut o = Observed {
             pins,
             cgroups,
             cgroup_mount,
             interfaces,
             tree,
-            held,
+            held: Held::default(),
             kernel: kernel::features(),
             tc_preference: layout.tc_attach,
             tc: std::sync::OnceLock::new(),
-        })
+        };
+        o.read_held_in_tree(health)?;
+        Ok(o)
     }
 
     /// An observed state made by hand (tests of the planners), on a kernel
@@ -167,6 +159,12 @@ impl Observed {
     /// the host lists were refreshed).
     pub fn read_held(&mut self) -> Result<()> {
         self.tree = Tree::read(&self.pins)?;
+        self.read_held_in_tree(health::probe()?)
+    }
+
+    /// What the kernel holds under the root, as the tree read last shows
+    /// it; `health`: what the kernel offers the health programs.
+    fn read_held_in_tree(&mut self, health: health::HealthKernel) -> Result<()> {
         self.held = held::read(
             &self.pins,
             &self.tree,
@@ -174,7 +172,7 @@ impl Observed {
             &self.cgroups,
             &self.cgroup_mount,
             self.kernel.object(),
-            health::probe()?,
+            health,
         )
         .context("reading what the kernel holds under the root")?;
         Ok(())
