@@ -316,18 +316,26 @@ fn tcx_profile(w: &mut World, n: usize, scale_rel: &str) -> Result<Option<Profil
             w.host_if_glob()
         ),
     )?;
-    let trace = std::env::temp_dir().join(format!("{}-strace.txt", w.prefix));
+    // apply runs its attachments on more than one thread: `-ff` writes one
+    // file per thread, so no call is split into "unfinished" and "resumed"
+    // lines.
+    let dir = std::env::temp_dir().join(format!("{}-strace", w.prefix));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)?;
     let (apply_ms, _) = timed(
         Command::new("strace")
             .env_remove("CGACCT_TC_ATTACH")
-            .args(["-f", "-T", "-e", "trace=bpf", "-o"])
-            .arg(&trace)
+            .args(["-ff", "-T", "-e", "trace=bpf", "-o"])
+            .arg(dir.join("t"))
             .arg(&w.cgacct_pin)
             .arg("apply")
             .arg(&layout),
     )?;
-    let text = std::fs::read_to_string(&trace)?;
-    let _ = std::fs::remove_file(&trace);
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&dir)? {
+        text.push_str(&std::fs::read_to_string(entry?.path())?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     w.destroy_root(&root)?;
     let (mut tcx, mut other) = (Vec::new(), Vec::new());
     for line in text.lines() {
