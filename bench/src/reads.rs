@@ -5,7 +5,7 @@ use std::{fs, io::Read as _, path::Path, time::Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
-use cgacct_common::{maps, Counters};
+use cgacct_common::{maps, Counters, IfaceCounters};
 use cgacct_pin::{bpffs::names::Pins, report::read};
 
 use crate::{
@@ -178,16 +178,27 @@ fn dump(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         }
     }
     let data = MapData::from_pin(pins.map(maps::IFACE_STATS))?;
-    let mut m: PerCpuHashMap<MapData, u32, Counters> = Map::PerCpuHashMap(data).try_into()?;
+    let mut m: PerCpuHashMap<MapData, u32, IfaceCounters> = Map::PerCpuHashMap(data).try_into()?;
     for k in 1..=(o.dump_keys / 10) as u32 {
-        m.insert(k, value(u64::from(k))?, 0)?;
+        let v: Vec<IfaceCounters> = value(u64::from(k))?
+            .iter()
+            .map(|&counters| IfaceCounters {
+                counters,
+                ..IfaceCounters::default()
+            })
+            .collect();
+        m.insert(
+            k,
+            PerCpuValues::try_from(v).map_err(|e| anyhow!("per-CPU values: {e}"))?,
+            0,
+        )?;
     }
 
     let by_key = |pins: &Pins| -> Result<read::Snapshot> {
         Ok(read::Snapshot {
             cgroups: read::map_totals_by_key(&pins.map(maps::CGROUP_STATS))?,
             tc_cgroups: read::map_totals_by_key(&pins.map(maps::TC_CGROUP_STATS))?,
-            interfaces: read::map_totals_by_key(&pins.map(maps::IFACE_STATS))?,
+            interfaces: read::totals_by_key::<u32, IfaceCounters>(&pins.map(maps::IFACE_STATS))?,
             veth: read::map_totals_by_key(&pins.map(maps::VETH_STATS))?,
             classes: Default::default(),
         })

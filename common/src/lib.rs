@@ -38,6 +38,21 @@ impl Counters {
     }
 }
 
+/// A value of `IFACE_STATS`: one interface's counters on one CPU, and the
+/// owner (`IFACE_OWNER`) this CPU last looked up for it. The cached owner
+/// is valid while `owner_gen` equals the generation the loader keeps in
+/// `IFACE_OWNER_GEN` (bumped at every change of `IFACE_OWNER`), so a frame
+/// costs an array read instead of a second hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub counters: Counters,
+    /// Owner cgroup id, 0 for none.
+    pub owner: u64,
+    /// Generation `owner` was looked up in; 0: never.
+    pub owner_gen: u64,
+}
+
 /// What a cgroup iterator gathers while it walks one stats file's subtree.
 /// Lives in [`maps::ITER_SCRATCH`] for the duration of one read.
 #[repr(C)]
@@ -230,14 +245,17 @@ pub mod maps {
     /// from the TC programs (rx = TC ingress, tx = TC egress). Key
     /// [`crate::UNATTRIBUTED_CGROUP`] holds traffic without a socket.
     pub const TC_CGROUP_STATS: &str = "TC_CGROUP_STATS";
-    /// Per-CPU hash: ifindex (`u32`) -> [`crate::Counters`], from the TC
-    /// programs (rx = TC ingress, tx = TC egress).
+    /// Per-CPU hash: ifindex (`u32`) -> [`crate::IfaceCounters`], from the
+    /// TC programs (rx = TC ingress, tx = TC egress).
     pub const IFACE_STATS: &str = "IFACE_STATS";
     /// LRU hash: iterator session id (`u64`) -> [`crate::IterAcc`].
     pub const ITER_SCRATCH: &str = "ITER_SCRATCH";
     /// Hash: ifindex (`u32`) -> id (`u64`) of the cgroup behind that
     /// interface (a container behind its host-side veth). Filled by the loader.
     pub const IFACE_OWNER: &str = "IFACE_OWNER";
+    /// Array of one `u64`: the generation of `IFACE_OWNER`, set by the
+    /// loader after each change to it; 0: owners are not cached.
+    pub const IFACE_OWNER_GEN: &str = "IFACE_OWNER_GEN";
     /// Per-CPU hash: owner cgroup id (`u64`) -> [`crate::Counters`] of every
     /// frame crossing its interfaces at TC, whatever the frame's socket,
     /// from the owner's side: rx = towards the owner (TC egress), tx = from
@@ -284,12 +302,13 @@ pub mod maps {
     /// adds up every CPU's slots of a per-CPU map.
     pub const SUM_SCRATCH: &str = "SUM_SCRATCH";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
         ITER_SCRATCH,
         IFACE_OWNER,
+        IFACE_OWNER_GEN,
         VETH_STATS,
         DEPARTED,
         REMOVED,
@@ -361,6 +380,8 @@ pub const SUM_WORDS: usize = 12;
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IterAcc {}
     // SAFETY: as above.

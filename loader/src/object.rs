@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
 use cgacct_common::{
     classes, globals, maps, overflow, programs as prog, ClassConfig, ClassKey, ClassName, Counters, Departed,
-    Dying, IterAcc, Removed,
+    Dying, IfaceCounters, IterAcc, Removed,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
@@ -168,7 +168,7 @@ pub fn class_entries(sizes: &MapSizes) -> u32 {
 }
 
 /// The maps this build and layout need on kernel `k`, by name.
-pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 20] {
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 21] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -182,12 +182,16 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 20
     [
         (maps::CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
         (maps::TC_CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
-        (maps::IFACE_STATS, shape(MapType::PerCpuHash, 4, c, m.interfaces)),
+        (
+            maps::IFACE_STATS,
+            shape(MapType::PerCpuHash, 4, size_of::<IfaceCounters>(), m.interfaces),
+        ),
         (
             maps::ITER_SCRATCH,
             shape(MapType::LruHash, 8, size_of::<IterAcc>(), m.readers),
         ),
         (maps::IFACE_OWNER, shape(MapType::Hash, 4, 8, m.interfaces)),
+        (maps::IFACE_OWNER_GEN, shape(MapType::Array, 4, 8, 1)),
         (maps::VETH_STATS, shape(counters, 8, c, m.cgroups)),
         (
             maps::DEPARTED,
@@ -247,6 +251,17 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 20
     ]
 }
 
+/// Whether the pinned map `name` of shape `have` is of an earlier build's
+/// value layout that converts to `want` with its counters kept:
+/// `IFACE_STATS` of plain [`Counters`], from before owners were cached in
+/// it ([`IfaceCounters`]).
+pub fn upgrades(name: &str, have: MapShape, want: MapShape) -> bool {
+    name == maps::IFACE_STATS
+        && (have.kind, have.key_size) == (want.kind, want.key_size)
+        && have.value_size as usize == size_of::<Counters>()
+        && want.value_size as usize == size_of::<IfaceCounters>()
+}
+
 /// Every map this build and layout need: [`wanted_maps`] and the health maps.
 pub fn all_wanted_maps(sizes: &MapSizes, k: Kernel) -> Vec<(&'static str, MapShape)> {
     let mut all = wanted_maps(sizes, k).to_vec();
@@ -283,11 +298,12 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
 
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 7] = [
+pub const REBUILT_MAPS: [&str; 8] = [
     maps::ITER_SCRATCH,
     maps::REMOVED_SCRATCH,
     maps::SUM_SCRATCH,
     maps::IFACE_OWNER,
+    maps::IFACE_OWNER_GEN,
     maps::CLASS_SCRATCH,
     cgacct_common::health::maps::REBUILT[0],
     cgacct_common::health::maps::REBUILT[1],

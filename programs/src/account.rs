@@ -16,32 +16,13 @@ pub enum Direction {
     Tx,
 }
 
-/// Adds one skb to `map[key]` on this CPU's slot; what the map cannot
-/// take (full) goes to the overflow bucket `bucket`.
-#[inline(always)]
-pub fn add<K, const N: usize>(
-    map: &CounterMap<K, N>,
-    key: &K,
-    bucket: u32,
-    dir: Direction,
-    bytes: u64,
-    packets: u64,
-) {
-    if let Some(slot) = map.get_ptr_mut(key) {
-        // SAFETY: a per-CPU slot: only this CPU writes it, and the program
-        // is not preempted while it runs.
-        bump(unsafe { &mut *slot }, dir, bytes, packets);
-        return;
-    }
-    insert(map, key, bucket, dir, bytes, packets);
-}
-
-/// [`add`] for a map keyed by cgroup id (of `family`): an id without an
-/// entry may be a removed cgroup whose socket lives on, and its traffic
-/// then goes to its nearest live ancestor (see [`fold::late`]), never
-/// into a new entry under the removed id. Live cgroups with an entry take
-/// the same path as in [`add`]. When the cgroup counter maps are shared
-/// by every CPU ([`shared_counters`]) the adds are atomic.
+/// Adds one skb to `map[id]`, a map keyed by cgroup id (of `family`), on
+/// this CPU's slot; what a full map cannot take goes to the family's
+/// overflow bucket. An id without an entry may be a removed cgroup whose
+/// socket lives on, and its traffic then goes to its nearest live ancestor
+/// (see [`fold::late`]), never into a new entry under the removed id. When
+/// the cgroup counter maps are shared by every CPU ([`shared_counters`])
+/// the adds are atomic.
 #[inline(always)]
 pub fn add_cgroup<const N: usize>(
     map: &CounterMap<u64, N>,
@@ -82,30 +63,6 @@ pub fn bump_in(slot: *mut Counters, shared: bool, dir: Direction, bytes: u64, pa
         // is not preempted while it runs.
         bump(unsafe { &mut *slot }, dir, bytes, packets);
     }
-}
-
-/// A first packet for `key`: a new entry, or the overflow bucket if the
-/// map is full.
-#[inline(always)]
-fn insert<K, const N: usize>(
-    map: &CounterMap<K, N>,
-    key: &K,
-    bucket: u32,
-    dir: Direction,
-    bytes: u64,
-    packets: u64,
-) {
-    let fresh = counters(dir, bytes, packets);
-    if map.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // Another CPU created the entry first, or the map is full.
-    if let Some(slot) = map.get_ptr_mut(key) {
-        // SAFETY: as in `add`.
-        bump(unsafe { &mut *slot }, dir, bytes, packets);
-        return;
-    }
-    overflow(bucket, &fresh);
 }
 
 /// Adds `c` to overflow bucket `bucket` on this CPU's slot.

@@ -14,8 +14,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use cgacct_common::{
-    classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IterAcc, Removed,
-    SUM_WORDS,
+    classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IfaceCounters, IterAcc,
+    Removed, SUM_WORDS,
 };
 
 /// Flags of the per-CPU counter maps: entries allocated when first used.
@@ -32,9 +32,10 @@ pub static CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
 #[btf_map]
 pub static TC_CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
 
-/// ifindex -> counters from the TC hooks.
+/// ifindex -> counters from the TC hooks, and the interface's owner as
+/// this CPU last looked it up (see [`IfaceCounters`]).
 #[btf_map]
-pub static IFACE_STATS: CounterMap<u32, 4096> = CounterMap::new();
+pub static IFACE_STATS: PerCpuHashMap<u32, IfaceCounters, 4096, ON_DEMAND> = PerCpuHashMap::new();
 
 /// iterator session id -> running sums of one read of a stats file.
 #[btf_map]
@@ -43,6 +44,11 @@ pub static ITER_SCRATCH: LruHashMap<u64, IterAcc, 1024> = LruHashMap::new();
 /// ifindex -> id of the cgroup behind that interface (set by the loader).
 #[btf_map]
 pub static IFACE_OWNER: HashMap<u32, u64, 4096> = HashMap::new();
+
+/// [0]: generation of `IFACE_OWNER`, set by the loader after each change;
+/// a cached owner from another generation is looked up again.
+#[btf_map]
+pub static IFACE_OWNER_GEN: Array<u64, 1> = Array::new();
 
 /// owner cgroup id -> counters of every frame through its interfaces, from
 /// the owner's side (rx = towards it, tx = from it).

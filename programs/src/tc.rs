@@ -4,19 +4,22 @@
 //! Traffic without a socket (forwarded, or made by the kernel) is counted
 //! under cgroup id 0, the unattributed bucket: never dropped from totals.
 //!
-//! An interface with an owner (the cgroup behind it, in `IFACE_OWNER`) also
+//! An interface with an owner (the cgroup behind it, in `IFACE_OWNER`, cached
+//! in the interface's `IFACE_STATS` slot) also
 //! counts every frame, whatever its socket, in `VETH_STATS` under the owner,
 //! from the owner's side: leaving the host through the interface (TC egress)
 //! is the owner's rx, arriving from it (TC ingress) the owner's tx. Each map
 //! counts a frame once. A removed socket cgroup or owner counts in its
 //! nearest live ancestor (see [`crate::fold`]).
-use aya_ebpf::{helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
-use cgacct_common::overflow;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext,
+};
+use cgacct_common::{overflow, IfaceCounters};
 
 use crate::{
-    account::{add, add_cgroup, Direction},
+    account::{add_cgroup, bump, counters, overflow as add_overflow, Direction},
     fold::Family,
-    maps::{IFACE_OWNER, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
+    maps::{IFACE_OWNER, IFACE_OWNER_GEN, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
     measure::measure,
 };
 
@@ -45,14 +48,65 @@ fn count(ctx: &TcContext, dir: Direction) {
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
     let (bytes, packets) = measure(skb, ETH_HLEN);
     add_cgroup(&TC_CGROUP_STATS, cgroup_id, Family::Tc, dir, bytes, packets);
-    add(&IFACE_STATS, &ifindex, overflow::IFACE_STATS, dir, bytes, packets);
-    // SAFETY: a plain lookup; the value is copied out at once.
-    if let Some(owner) = unsafe { IFACE_OWNER.get(&ifindex) } {
-        let owner = *owner;
+    let owner = add_iface(ifindex, dir, bytes, packets);
+    if owner != 0 {
         let owner_dir = match dir {
             Direction::Rx => Direction::Tx,
             Direction::Tx => Direction::Rx,
         };
         add_cgroup(&VETH_STATS, owner, Family::Veth, owner_dir, bytes, packets);
     }
+}
+
+/// Adds one skb to `IFACE_STATS[ifindex]` on this CPU's slot (or the
+/// overflow bucket when the map is full) and returns the interface's
+/// owner, 0 for none: the one cached in the slot while the loader has not
+/// changed `IFACE_OWNER` since, else looked up and cached again.
+#[inline(always)]
+fn add_iface(ifindex: u32, dir: Direction, bytes: u64, packets: u64) -> u64 {
+    let generation = owner_generation();
+    let slot = match IFACE_STATS.get_ptr_mut(&ifindex) {
+        Some(slot) => slot,
+        None => {
+            let fresh = IfaceCounters {
+                counters: counters(dir, bytes, packets),
+                owner: lookup_owner(ifindex),
+                owner_gen: generation,
+            };
+            if IFACE_STATS.insert(&ifindex, &fresh, BPF_NOEXIST as u64).is_ok() {
+                return fresh.owner;
+            }
+            // Another CPU created the entry first, or the map is full.
+            match IFACE_STATS.get_ptr_mut(&ifindex) {
+                Some(slot) => slot,
+                None => {
+                    add_overflow(overflow::IFACE_STATS, &fresh.counters);
+                    return fresh.owner;
+                }
+            }
+        }
+    };
+    // SAFETY: a per-CPU slot: only this CPU writes it, and the program is
+    // not preempted while it runs.
+    let slot = unsafe { &mut *slot };
+    bump(&mut slot.counters, dir, bytes, packets);
+    if generation == 0 || slot.owner_gen != generation {
+        slot.owner = lookup_owner(ifindex);
+        slot.owner_gen = generation;
+    }
+    slot.owner
+}
+
+/// The generation of `IFACE_OWNER` (see [`IfaceCounters`]); 0 before the
+/// loader set one: nothing is cached then.
+#[inline(always)]
+fn owner_generation() -> u64 {
+    IFACE_OWNER_GEN.get(0).copied().unwrap_or(0)
+}
+
+/// `IFACE_OWNER[ifindex]`, 0 for none.
+#[inline(always)]
+fn lookup_owner(ifindex: u32) -> u64 {
+    // SAFETY: a plain lookup; the value is copied out at once.
+    unsafe { IFACE_OWNER.get(&ifindex) }.copied().unwrap_or(0)
 }

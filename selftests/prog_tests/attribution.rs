@@ -186,3 +186,62 @@ fn declared_owner_attributes_socketless_traffic() {
     let again = w.apply();
     assert!(!again.contains("owner"), "{again}");
 }
+
+/// The TC programs cache each interface's owner per CPU: every change of
+/// owner must reach the next frame. No owner, then a, then b, then none
+/// again, each applied while the interface carries traffic.
+#[test]
+fn an_owner_change_reaches_the_next_frame() {
+    require_kernel!();
+    let w = World::new(&["a.scope", "b.scope"]);
+    quiet_link(&w);
+    w.write_layout();
+    let plain = std::fs::read_to_string(&w.layout).expect("layout");
+    let with_owner = |cgroup: Option<&str>| {
+        let keys = match cgroup {
+            Some(c) => format!("owners = {{ {:?} = \"/{}\" }}", w.host_if, w.cgroup(c)),
+            None => String::new(),
+        };
+        std::fs::write(&w.layout, plain.replace("[tc]\n", &format!("[tc]\n{keys}\n"))).expect("layout");
+        w.apply()
+    };
+    let veth_rx = |c: &str| w.stat(c)["self_veth_rx_packets"];
+    let counts = || {
+        (
+            veth_rx("a.scope"),
+            veth_rx("b.scope"),
+            iface_counters(&w).tx_packets,
+        )
+    };
+
+    with_owner(None);
+    let c0 = counts();
+    ping(&w, 3);
+    let c1 = counts();
+    assert_eq!((c1.0 - c0.0, c1.1 - c0.1, c1.2 - c0.2), (0, 0, 3), "no owner yet");
+
+    let applied = with_owner(Some("a.scope"));
+    assert!(applied.contains("(declared)"), "{applied}");
+    ping(&w, 4);
+    let c2 = counts();
+    assert_eq!((c2.0 - c1.0, c2.1 - c1.1, c2.2 - c1.2), (4, 0, 4), "owner a");
+
+    with_owner(Some("b.scope"));
+    ping(&w, 5);
+    let c3 = counts();
+    assert_eq!(
+        (c3.0 - c2.0, c3.1 - c2.1, c3.2 - c2.2),
+        (0, 5, 5),
+        "owner moved to b"
+    );
+
+    let applied = with_owner(None);
+    assert!(applied.contains("removed"), "{applied}");
+    ping(&w, 2);
+    let c4 = counts();
+    assert_eq!(
+        (c4.0 - c3.0, c4.1 - c3.1, c4.2 - c3.2),
+        (0, 0, 2),
+        "owner removed"
+    );
+}

@@ -12,7 +12,9 @@
 //! over discovered ones.
 //!
 //! The result is written to the pinned `IFACE_OWNER` map (ifindex -> cgroup
-//! id), which the TC programs read on every frame.
+//! id), then a new generation to `IFACE_OWNER_GEN`: the TC programs cache
+//! each interface's owner per CPU and look it up again when the generation
+//! moves.
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -20,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use cgacct_common::maps;
 use serde::Serialize;
 
@@ -196,7 +198,33 @@ pub fn sync(pins: &Pins, owners: &[Owner]) -> Result<(Vec<Owner>, Vec<u32>)> {
             removed.push(*ifindex);
         }
     }
+    next_generation(pins, !set.is_empty() || !removed.is_empty())?;
     Ok((set, removed))
+}
+
+/// Moves `IFACE_OWNER_GEN` on when `changed`, or when no generation is set
+/// yet (owners are not cached until one is): past the one before and past
+/// the clock in nanoseconds, so that a map made anew never repeats a
+/// generation some CPU cached an owner under. Roots of builds without the
+/// map are left as they are.
+fn next_generation(pins: &Pins, changed: bool) -> Result<()> {
+    let path = pins.map(maps::IFACE_OWNER_GEN);
+    if !path.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let mut generation: Array<MapData, u64> = Map::Array(data).try_into()?;
+    let cur = generation.get(&0, 0)?;
+    if cur != 0 && !changed {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    generation
+        .set(0, now.max(cur + 1), 0)
+        .with_context(|| format!("setting the generation in {}", path.display()))?;
+    Ok(())
 }
 
 /// Finds the owners for `ctx`'s host and writes them, reporting each

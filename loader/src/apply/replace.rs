@@ -9,7 +9,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
 use cgacct_common::{
-    health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, HealthAcc, Removed,
+    health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, HealthAcc, IfaceCounters,
+    Removed,
 };
 
 use crate::sys;
@@ -29,7 +30,7 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
     }
     if keep {
         match name {
-            maps::IFACE_STATS => add_counters::<u32>(pin, new)?,
+            maps::IFACE_STATS => add_iface_counters(pin, new)?,
             maps::CGROUP_STATS | maps::TC_CGROUP_STATS | maps::VETH_STATS => add_counters::<u64>(pin, new)?,
             maps::CLASS_STATS => add_counters::<ClassKey>(pin, new)?,
             maps::DEPARTED => add_departed(pin, new)?,
@@ -147,6 +148,46 @@ fn add_counters<K: aya::Pod + Ord>(old: &Path, new: &mut Map) -> Result<()> {
         }
         sys::fault::step();
         new.insert(key, PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
+}
+
+/// Adds every counter of the `IFACE_STATS` pinned at `old` into `new`,
+/// CPU by CPU: from this build's values or an earlier build's plain
+/// [`Counters`]. Cached owners are left behind: each CPU looks its
+/// interface's owner up again.
+fn add_iface_counters(old: &Path, new: &mut Map) -> Result<()> {
+    let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+    let mut entries: Vec<(u32, Vec<Counters>)> = Vec::new();
+    if data.info()?.value_size() as usize == size_of::<Counters>() {
+        let map: PerCpuHashMap<MapData, u32, Counters> = Map::PerCpuHashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, values) = entry?;
+            entries.push((key, values.iter().copied().collect()));
+        }
+    } else {
+        let map: PerCpuHashMap<MapData, u32, IfaceCounters> = Map::PerCpuHashMap(data).try_into()?;
+        for entry in map.iter() {
+            let (key, values) = entry?;
+            entries.push((key, values.iter().map(|v| v.counters).collect()));
+        }
+    }
+    let mut new: PerCpuHashMap<&mut MapData, u32, IfaceCounters> = new.try_into()?;
+    for (key, old_values) in entries {
+        let mut values: Vec<IfaceCounters> = old_values
+            .into_iter()
+            .map(|counters| IfaceCounters {
+                counters,
+                ..IfaceCounters::default()
+            })
+            .collect();
+        if let Ok(cur) = new.get(&key, 0) {
+            for (v, c) in values.iter_mut().zip(cur.iter()) {
+                v.counters.add(&c.counters);
+            }
+        }
+        sys::fault::step();
+        new.insert(key, PerCpuValues::try_from(values)?, 0)?;
     }
     Ok(())
 }

@@ -79,10 +79,14 @@ pub fn replace_maps(
         }
         let pin = pins.map(name);
         let scratch = REBUILT_MAPS.contains(&name);
-        let resize_only =
-            (have.kind, have.key_size, have.value_size) == (want.kind, want.key_size, want.value_size);
+        // A value layout of an earlier build, converted with its counters
+        // by any apply: an upgrade is no choice of the user's.
+        let upgrade = object::upgrades(name, have, want);
+        let resize_only = upgrade
+            || (have.kind, have.key_size, have.value_size) == (want.kind, want.key_size, want.value_size);
+        let automatic = upgrade && have.max_entries == want.max_entries && policy != MapPolicy::Reset;
         match policy {
-            MapPolicy::Refuse if scratch => {}
+            MapPolicy::Refuse if scratch || automatic => {}
             MapPolicy::Refuse => bail!(
                 "pinned map {} is {have}, but this build and layout need {want}. Its counters are \
                  kept as they are and nothing was changed. Choose: restore the layout's [maps] \
@@ -107,7 +111,7 @@ pub fn replace_maps(
             pin,
             from: have,
             to: want,
-            keep_counters: policy == MapPolicy::Migrate && !scratch,
+            keep_counters: (policy == MapPolicy::Migrate || automatic) && !scratch,
         });
     }
     Ok(out)

@@ -347,6 +347,50 @@ fn a_map_of_another_shape_is_refused_unless_migrated() {
 }
 
 #[test]
+fn an_earlier_builds_iface_stats_is_converted_with_its_counters() {
+    let l = layout("");
+    let mut held = converged(&l);
+    let shape = held.maps[maps::IFACE_STATS];
+    let earlier = object::MapShape {
+        value_size: size_of::<cgacct_common::Counters>() as u32,
+        ..shape
+    };
+    held.maps.insert(maps::IFACE_STATS, earlier);
+    let mut resized = converged(&l);
+    resized.maps.insert(
+        maps::IFACE_STATS,
+        object::MapShape {
+            max_entries: 64,
+            ..earlier
+        },
+    );
+    let o = observed(held, Tree::default());
+    for policy in [MapPolicy::Refuse, MapPolicy::Migrate] {
+        let actions = plan(&l, &o, policy).expect("an upgrade needs no flag");
+        assert!(
+            matches!(actions.last(), Some(Action::ReplaceMap { keep_counters: true, from, to, .. })
+                if *from == earlier && *to == shape),
+            "{actions:?}"
+        );
+    }
+    let actions = plan(&l, &o, MapPolicy::Reset).expect("plan");
+    assert!(
+        matches!(
+            actions.last(),
+            Some(Action::ReplaceMap {
+                keep_counters: false,
+                ..
+            })
+        ),
+        "{actions:?}"
+    );
+    // Resized as well: the user's choice again.
+    let o = observed(resized, Tree::default());
+    let e = format!("{:#}", plan(&l, &o, MapPolicy::Refuse).expect_err("refused"));
+    assert!(e.contains("--migrate-maps"), "{e}");
+}
+
+#[test]
 fn access_drift_comes_from_the_tree_not_the_disk() {
     let l = layout("");
     let entry = |path: &str, is_dir, mode| Entry {

@@ -36,7 +36,8 @@ const DISPLACING: [&str; 5] = [
 
 /// Arrays (always "full"), overflow buckets and socket storage (no keys to
 /// count): not listed.
-const UNLISTED: [&str; 10] = [
+const UNLISTED: [&str; 11] = [
+    maps::IFACE_OWNER_GEN,
     maps::REMOVED_SCRATCH,
     maps::SUM_SCRATCH,
     maps::OVERFLOW,

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap};
-use cgacct_common::{maps, ClassKey, Counters};
+use cgacct_common::{maps, ClassKey, Counters, IfaceCounters};
 
 use crate::{
     bpffs::Pins,
@@ -12,25 +12,59 @@ use crate::{
     sys,
 };
 
+/// A counter map's value: [`Counters`], or a value that starts with them.
+pub trait CounterValue: aya::Pod {
+    fn counters(&self) -> Counters;
+}
+
+impl CounterValue for Counters {
+    fn counters(&self) -> Counters {
+        *self
+    }
+}
+
+impl CounterValue for IfaceCounters {
+    fn counters(&self) -> Counters {
+        self.counters
+    }
+}
+
 /// Every key of a pinned counters map, with its CPU slots summed (a
 /// per-CPU hash), or its one value (a hash shared by every CPU, on kernels
 /// without `bpf_map_lookup_percpu_elem`). Reads the map in batches (a few
 /// syscalls for the whole map); kernels without `BPF_MAP_LOOKUP_BATCH`
 /// (< 5.6) are read key by key.
 pub fn map_totals<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
-    match map_totals_batch(path)? {
+    totals::<K, Counters>(path)
+}
+
+/// [`map_totals`] of `IFACE_STATS`: of this build ([`IfaceCounters`]), or
+/// of a build before it ([`Counters`]) until `apply` replaces the map.
+pub fn iface_totals(path: &Path) -> Result<BTreeMap<u32, Counters>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    if data.info()?.value_size() as usize == size_of::<Counters>() {
+        totals::<u32, Counters>(path)
+    } else {
+        totals::<u32, IfaceCounters>(path)
+    }
+}
+
+fn totals<K: aya::Pod + Ord, V: CounterValue>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    match totals_batch::<K, V>(path)? {
         Some(totals) => Ok(totals),
-        None => map_totals_by_key(path),
+        None => totals_by_key::<K, V>(path),
     }
 }
 
 /// [`map_totals`] with `BPF_MAP_LOOKUP_BATCH`; None when the kernel has
 /// no batch reads of this map (EINVAL).
-pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMap<K, Counters>>> {
+pub fn totals_batch<K: aya::Pod + Ord, V: CounterValue>(
+    path: &Path,
+) -> Result<Option<BTreeMap<K, Counters>>> {
     let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let info = data.info()?;
     let key_size = size_of::<K>();
-    let value_size = size_of::<Counters>();
+    let value_size = size_of::<V>();
     if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
         bail!(
             "map {} has key size {} and value size {}, expected {key_size} and {value_size}",
@@ -44,7 +78,7 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMa
         _ => kernel::nr_cpus()? as usize,
     };
     // Per-CPU values come out as `cpus` values, each padded to 8 bytes
-    // (Counters is 32 bytes: no padding).
+    // (the value types are multiples of 8 bytes: no padding).
     let stride = value_size.next_multiple_of(8) * cpus;
     // A batch never splits a hash bucket: ask for plenty per call.
     let chunk = (info.max_entries() as usize).clamp(1, 4096);
@@ -72,9 +106,9 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMa
             let mut total = Counters::default();
             for cpu in 0..cpus {
                 let off = i * stride + cpu * value_size.next_multiple_of(8);
-                // SAFETY: in bounds (stride), Counters is Pod.
-                let v: Counters = unsafe { std::ptr::read_unaligned(values[off..].as_ptr().cast()) };
-                total.add(&v);
+                // SAFETY: in bounds (stride), V is Pod.
+                let v: V = unsafe { std::ptr::read_unaligned(values[off..].as_ptr().cast()) };
+                total.add(&v.counters());
             }
             out.push((key, total));
         }
@@ -86,22 +120,27 @@ pub fn map_totals_batch<K: aya::Pod + Ord>(path: &Path) -> Result<Option<BTreeMa
 
 /// [`map_totals`] key by key (two syscalls per key), as aya iterates.
 pub fn map_totals_by_key<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
+    totals_by_key::<K, Counters>(path)
+}
+
+/// [`map_totals_by_key`] of a map of values `V`.
+pub fn totals_by_key<K: aya::Pod + Ord, V: CounterValue>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let mut out = BTreeMap::new();
     if data.info()?.map_type()? == MapType::Hash {
-        let map: HashMap<MapData, K, Counters> = Map::HashMap(data).try_into()?;
+        let map: HashMap<MapData, K, V> = Map::HashMap(data).try_into()?;
         for entry in map.iter() {
             let (key, v) = entry?;
-            out.insert(key, v);
+            out.insert(key, v.counters());
         }
         return Ok(out);
     }
-    let map: PerCpuHashMap<MapData, K, Counters> = Map::PerCpuHashMap(data).try_into()?;
+    let map: PerCpuHashMap<MapData, K, V> = Map::PerCpuHashMap(data).try_into()?;
     for entry in map.iter() {
         let (key, values) = entry?;
         let mut total = Counters::default();
         for v in values.iter() {
-            total.add(v);
+            total.add(&v.counters());
         }
         out.insert(key, total);
     }
@@ -134,7 +173,7 @@ pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
     std::thread::scope(|s| {
         let cgroups = s.spawn(|| map_totals(&pins.map(maps::CGROUP_STATS)));
         let tc_cgroups = s.spawn(|| map_totals(&pins.map(maps::TC_CGROUP_STATS)));
-        let interfaces = map_totals(&pins.map(maps::IFACE_STATS))?;
+        let interfaces = iface_totals(&pins.map(maps::IFACE_STATS))?;
         // Roots made before owners existed have no such map yet.
         let veth = if pins.map(maps::VETH_STATS).exists() {
             map_totals(&pins.map(maps::VETH_STATS))?
