@@ -151,6 +151,13 @@ pub fn load_production() -> Result<Ebpf> {
     for name in [prog::CGROUP_INGRESS, prog::TC_INGRESS] {
         load(&mut ebpf, name)?;
     }
+    // Owners have a generation, as every apply sets one: the TC programs
+    // cache the test interface's owner (none) as they do on a host.
+    let map = ebpf
+        .map_mut(maps::IFACE_OWNER_GEN)
+        .ok_or_else(|| anyhow!("map {} missing from cgacct's object", maps::IFACE_OWNER_GEN))?;
+    let mut generation: Array<&mut MapData, u64> = map.try_into()?;
+    generation.set(0, 1, 0)?;
     Ok(ebpf)
 }
 
