@@ -34,7 +34,7 @@ use crate::{
     world::check_interrupted,
 };
 
-static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-bench-progs"));
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgacct-bench-progs"));
 
 const SECTION: &str = "1 packet path";
 

@@ -1,14 +1,30 @@
 //! Section 4, reads: one `net.stat` beside a cgroupfs stat file of the same cgroup,
 //! a subtree total over many descendants, and the full dump of the maps
 //! that `status` (and any metrics exporter) does, by batch and key by key.
-use std::{fs, io::Read as _, path::Path, time::Instant};
+use std::{
+    ffi::CString,
+    fs,
+    io::Read as _,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::{
+    maps::{Map, MapData, PerCpuHashMap, PerCpuValues},
+    programs::Iter,
+    Btf, EbpfLoader,
+};
 use cgacct_common::{maps, Counters, IfaceCounters};
-use cgacct_pin::{bpffs::names::Pins, report::read};
+use cgacct_pin::{
+    bpffs::names::Pins,
+    report::read,
+    sys::bpf::{self, CgroupIterOrder},
+};
 
 use crate::{
+    packet::BENCH_OBJECT,
     report::{Report, Summary, Unit, Verdict},
     world::{check_interrupted, run, World},
 };
@@ -49,6 +65,39 @@ fn summary(v: &[f64]) -> Result<Summary> {
     Summary::of(v).ok_or_else(|| anyhow!("no samples"))
 }
 
+/// The benchmark's `floor_iter` pinned at `pin` as an iterator on `cgroup`
+/// with `net.stat`'s walk order: reading it costs what the kernel's
+/// iterator file costs before any program work. Removed on drop.
+struct FloorIter {
+    pin: PathBuf,
+}
+
+impl FloorIter {
+    fn pin(w: &World, cgroup_rel: &str, pin: PathBuf) -> Result<FloorIter> {
+        let mut ebpf = EbpfLoader::new()
+            .load(BENCH_OBJECT)
+            .context("loading the benchmark's BPF object")?;
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let p: &mut Iter = ebpf
+            .program_mut("floor_iter")
+            .ok_or_else(|| anyhow!("floor_iter missing from the benchmark's object"))?
+            .try_into()?;
+        p.load("cgroup", &btf).context("loading floor_iter")?;
+        let dir = fs::File::open(w.cgroup_mount.join(cgroup_rel))
+            .with_context(|| format!("opening cgroup {cgroup_rel}"))?;
+        let link = bpf::cgroup_iter_link(p.fd()?.as_fd(), dir.as_fd(), CgroupIterOrder::DescendantsPre)?;
+        let c = CString::new(pin.as_os_str().as_encoded_bytes())?;
+        bpf::obj_pin(link.as_fd(), &c).with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(FloorIter { pin })
+    }
+}
+
+impl Drop for FloorIter {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.pin);
+    }
+}
+
 pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     let parent_rel = w.cgroup_rel("reads");
     w.add_cgroups("reads", o.children)?;
@@ -68,6 +117,7 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     let leaf_cpu = w.cgroup_mount.join(&leaf_rel).join("cpu.stat");
     let parent_stat = pins.stats_file(&parent_rel);
     let parent_cpu = w.cgroup_mount.join(&parent_rel).join("cpu.stat");
+    let floor = FloorIter::pin(w, &leaf_rel, w.bpf_dir.join("reads-floor-iter"))?;
     let walked = read::read_stat(&parent_stat)?
         .get("subtree_cgroups")
         .copied()
@@ -81,20 +131,25 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
     }
 
     let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floors, mut above, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());
     let (mut sub, mut sub_cpu) = (Vec::new(), Vec::new());
     let sub_reads = (o.reads / 50).max(2);
     for round in 0..o.rounds {
         check_interrupted()?;
-        let (a, b) = if round % 2 == 0 {
-            let a = time_reads(&leaf_stat, o.reads)?;
-            (a, time_reads(&leaf_cpu, o.reads)?)
-        } else {
-            let b = time_reads(&leaf_cpu, o.reads)?;
-            (time_reads(&leaf_stat, o.reads)?, b)
-        };
+        // The three files in a rotating order, so none always goes first.
+        let files = [&leaf_stat, &leaf_cpu, &floor.pin];
+        let mut t = [0.0; 3];
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            t[i] = time_reads(files[i], o.reads)?;
+        }
+        let [a, b, f] = t;
         ours.push(a);
         theirs.push(b);
         ratio.push(a / b);
+        floors.push(f);
+        above.push(a - f);
+        floor_ratio.push(f / b);
         sub.push(time_reads(&parent_stat, sub_reads)?);
         sub_cpu.push(time_reads(&parent_cpu, sub_reads)?);
     }
@@ -123,6 +178,31 @@ pub fn run_section(report: &mut Report, w: &World, o: &Options) -> Result<()> {
         "<= 1.00x",
         Verdict::from_goal(r.median <= 1.0),
     );
+    report.figure(
+        SECTION,
+        "floor: an iterator file that writes one line and does no work",
+        summary(&floors)?,
+        Unit::Us,
+        "",
+        Verdict::Info,
+    );
+    report.figure(
+        SECTION,
+        "floor / cpu.stat",
+        summary(&floor_ratio)?,
+        Unit::Ratio,
+        "",
+        Verdict::Info,
+    );
+    report.figure(
+        SECTION,
+        "net.stat above the floor (cgacct's program work)",
+        summary(&above)?,
+        Unit::Us,
+        "",
+        Verdict::Info,
+    );
+    drop(floor);
     report.figure(
         SECTION,
         format!("net.stat subtree total over {} descendants", o.children),

@@ -21,6 +21,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub const ZERO: Counters = Counters {
+        rx_bytes: 0,
+        rx_packets: 0,
+        tx_bytes: 0,
+        tx_packets: 0,
+    };
+
     /// Adds `other` into `self`, wrapping like the kernel's own counters.
     #[inline(always)]
     pub fn add(&mut self, other: &Counters) {
@@ -53,10 +60,29 @@ pub struct IfaceCounters {
     pub owner_gen: u64,
 }
 
+/// Bytes of `net.stat` text an iterator formats before it writes them to
+/// the reader in one `bpf_seq_write` (a power of two: indexes are masked).
+pub const TEXT_LEN: usize = 512;
+/// Lines an iterator queues before it formats them (a power of two).
+pub const TEXT_LINES: usize = 64;
+
+/// `net.stat` text being made by the iterator's epilogue: `queued` lines
+/// as (key, value), formatted into `buf`, of which `len` bytes are ready
+/// to be written. Private to one read, as part of its [`IterAcc`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Text {
+    pub len: u64,
+    pub queued: u64,
+    pub keys: [u8; TEXT_LINES],
+    pub values: [u64; TEXT_LINES],
+    pub buf: [u8; TEXT_LEN],
+}
+
 /// What a cgroup iterator gathers while it walks one stats file's subtree.
 /// Lives in [`maps::ITER_SCRATCH`] for the duration of one read.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct IterAcc {
     /// Id of the cgroup the stats file belongs to (the first one walked).
     pub cgroup_id: u64,
@@ -76,6 +102,30 @@ pub struct IterAcc {
     pub subtree_veth: Counters,
     /// Removed descendants whose totals the subtree counts include.
     pub departed_cgroups: u64,
+    /// The text of the read, formatted after the walk.
+    pub text: Text,
+}
+
+impl IterAcc {
+    /// All zero: what a read's entry starts from.
+    pub const ZERO: IterAcc = IterAcc {
+        cgroup_id: 0,
+        cgroups: 0,
+        own: Counters::ZERO,
+        subtree: Counters::ZERO,
+        own_tc: Counters::ZERO,
+        subtree_tc: Counters::ZERO,
+        own_veth: Counters::ZERO,
+        subtree_veth: Counters::ZERO,
+        departed_cgroups: 0,
+        text: Text {
+            len: 0,
+            queued: 0,
+            keys: [0; TEXT_LINES],
+            values: [0; TEXT_LINES],
+            buf: [0; TEXT_LEN],
+        },
+    };
 }
 
 /// One cgroup's counters from every hook family.

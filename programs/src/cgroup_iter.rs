@@ -21,7 +21,11 @@ use crate::{
     classes, health,
     kernel::{self, cgroup_id, sum, sum_counters, sum_unrolled},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
+    text::{Key, Out},
 };
+
+/// What a read's `ITER_SCRATCH` entry starts from (read-only data).
+static ITER_ZERO: IterAcc = IterAcc::ZERO;
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
@@ -84,19 +88,24 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         None => Departed::default(),
     };
     if seq_num == 0 {
-        let mut acc = IterAcc {
-            cgroup_id: id,
-            cgroups: 1,
-            own,
-            subtree: own,
-            own_tc,
-            subtree_tc: own_tc,
-            own_veth,
-            subtree_veth: own_veth,
-            departed_cgroups: 0,
+        // The entry is made from a zero template: with its text it is
+        // larger than the stack.
+        let _ = ITER_SCRATCH.insert(session, &ITER_ZERO, BPF_ANY as u64);
+        let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) else {
+            return;
         };
-        add_departed(&mut acc, &gone);
-        let _ = ITER_SCRATCH.insert(session, acc, BPF_ANY as u64);
+        // SAFETY: a session is walked by one reader at a time.
+        let acc = unsafe { &mut *acc };
+        acc.cgroup_id = id;
+        acc.cgroups = 1;
+        acc.own = own;
+        acc.subtree = own;
+        acc.own_tc = own_tc;
+        acc.subtree_tc = own_tc;
+        acc.own_veth = own_veth;
+        acc.subtree_veth = own_veth;
+        acc.departed_cgroups = 0;
+        add_departed(acc, &gone);
     } else if let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) {
         // SAFETY: a session is walked by one reader at a time.
         let acc = unsafe { &mut *acc };
@@ -121,95 +130,58 @@ fn add_departed(acc: &mut IterAcc, d: &Departed) {
 /// `*.stat` files, and drop the session's scratch entry.
 #[inline(always)]
 unsafe fn epilogue(seq: *mut seq_file, session: u64) {
-    let Some(acc) = ITER_SCRATCH.get_ptr(session) else {
+    let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) else {
         return; // the cgroup is gone: nothing was walked
     };
-    // SAFETY: non-NULL lookup result.
-    let a = unsafe { *acc };
-    let _ = ITER_SCRATCH.remove(session);
-    print(
-        seq,
-        b"cgroup_id %llu\nsubtree_cgroups %llu\nremoved_cgroups %llu\n\0",
-        &[a.cgroup_id, a.cgroups, a.departed_cgroups],
-    );
-    print(
-        seq,
-        b"rx_bytes %llu\nrx_packets %llu\ntx_bytes %llu\ntx_packets %llu\n\0",
-        &counters(&a.subtree),
-    );
-    print(
-        seq,
-        b"self_rx_bytes %llu\nself_rx_packets %llu\nself_tx_bytes %llu\nself_tx_packets %llu\n\0",
-        &counters(&a.own),
-    );
-    print(
-        seq,
-        b"tc_ingress_bytes %llu\ntc_ingress_packets %llu\ntc_egress_bytes %llu\ntc_egress_packets %llu\n\0",
-        &counters(&a.subtree_tc),
-    );
-    print(
-        seq,
-        b"self_tc_ingress_bytes %llu\nself_tc_ingress_packets %llu\nself_tc_egress_bytes %llu\nself_tc_egress_packets %llu\n\0",
-        &counters(&a.own_tc),
-    );
-    print(
-        seq,
-        b"veth_rx_bytes %llu\nveth_rx_packets %llu\nveth_tx_bytes %llu\nveth_tx_packets %llu\n\0",
-        &counters(&a.subtree_veth),
-    );
-    print(
-        seq,
-        b"self_veth_rx_bytes %llu\nself_veth_rx_packets %llu\nself_veth_tx_bytes %llu\nself_veth_tx_packets %llu\n\0",
-        &counters(&a.own_veth),
-    );
+    // SAFETY: non-NULL lookup result, private to this session.
+    let a = unsafe { &*acc };
+    // SAFETY: a field projection of the same value.
+    let out = Out::new(seq, unsafe { &raw mut (*acc).text });
+    out.line(Key::CGROUP_ID, a.cgroup_id);
+    out.line(Key::SUBTREE_CGROUPS, a.cgroups);
+    out.line(Key::REMOVED_CGROUPS, a.departed_cgroups);
+    counters(&out, &a.subtree, Key::RX_BYTES);
+    counters(&out, &a.own, Key::SELF_RX_BYTES);
+    counters(&out, &a.subtree_tc, Key::TC_INGRESS_BYTES);
+    counters(&out, &a.own_tc, Key::SELF_TC_INGRESS_BYTES);
+    counters(&out, &a.subtree_veth, Key::VETH_RX_BYTES);
+    counters(&out, &a.own_veth, Key::SELF_VETH_RX_BYTES);
+    // Class lines are printed with their names by bpf_seq_printf: what is
+    // ready goes first.
+    out.flush();
     classes::print(seq, session);
-    health::print(seq, session);
+    health::print(&out, session);
     if a.cgroup_id == ROOT_CGROUP {
-        print_overflow(seq);
+        print_overflow(&out);
     }
+    out.flush();
+    let _ = ITER_SCRATCH.remove(session);
 }
 
 /// The root cgroup's file also prints what no full map could take, by
 /// map: packets and bytes, both directions summed.
 #[inline(always)]
-fn print_overflow(seq: *mut seq_file) {
+fn print_overflow(out: &Out) {
     let map = ptr::from_ref(&OVERFLOW).cast_mut().cast();
-    let mut v = [0u64; 2 * overflow::BUCKETS as usize];
     let mut b = 0u32;
     while b < overflow::BUCKETS {
         let [c] = sum_unrolled::<u32, Counters, 1>([map], &b);
-        let i = 2 * b as usize;
-        if i + 1 < v.len() {
-            v[i] = c.rx_packets + c.tx_packets;
-            v[i + 1] = c.rx_bytes + c.tx_bytes;
-        }
+        // Bucket b's packets and bytes keys, in bucket order.
+        let k = Key::OVERFLOW_CGROUP_STATS_PACKETS.plus(2 * b as u8);
+        out.line_id(k, c.rx_packets + c.tx_packets);
+        out.line_id(k + 1, c.rx_bytes + c.tx_bytes);
         b += 1;
     }
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = v;
-    print(
-        seq,
-        b"overflow_cgroup_stats_packets %llu\noverflow_cgroup_stats_bytes %llu\n\
-overflow_tc_cgroup_stats_packets %llu\noverflow_tc_cgroup_stats_bytes %llu\n\
-overflow_iface_stats_packets %llu\noverflow_iface_stats_bytes %llu\n\0",
-        &[a0, a1, a2, a3, a4, a5],
-    );
-    print(
-        seq,
-        b"overflow_veth_stats_packets %llu\noverflow_veth_stats_bytes %llu\n\
-overflow_departed_packets %llu\noverflow_departed_bytes %llu\n\0",
-        &[a6, a7, a8, a9],
-    );
-    print(
-        seq,
-        b"overflow_departed_tc_packets %llu\noverflow_departed_tc_bytes %llu\n\
-overflow_departed_veth_packets %llu\noverflow_departed_veth_bytes %llu\n\0",
-        &[a10, a11, a12, a13],
-    );
 }
 
+/// The four lines of `c`: keys `first` (rx bytes) and the three after it
+/// (rx packets, tx bytes, tx packets).
 #[inline(always)]
-fn counters(c: &Counters) -> [u64; 4] {
-    [c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets]
+fn counters(out: &Out, c: &Counters, first: Key) {
+    out.line_id(first.plus(0), c.rx_bytes);
+    out.line_id(first.plus(1), c.rx_packets);
+    out.line_id(first.plus(2), c.tx_bytes);
+    out.line_id(first.plus(3), c.tx_packets);
 }
 
 #[inline(always)]

@@ -26,7 +26,7 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{seq_file, BPF_ANY, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get},
     macros::{btf_map, btf_tracepoint, fentry},
@@ -38,6 +38,7 @@ use crate::{
     fold::{dying, live_ancestor},
     kernel::{cgroup_id, shared_counters, sum, sum_counters},
     maps::ON_DEMAND,
+    text::{Key, Out},
 };
 
 // Offsets from the running kernel's BTF, set by the loader before load.
@@ -123,14 +124,6 @@ fn read<T>(base: usize, off: &u32) -> Option<T> {
     }
     // SAFETY: probe reads are checked by the kernel.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(global(off)) as *const T) }.ok()
-}
-
-#[inline(always)]
-fn key_on(key: u32) -> bool {
-    match HEALTH_STATE.get(health::state::KEYS) {
-        Some(keys) => *keys & (1 << key) != 0,
-        None => false,
-    }
 }
 
 /// The cgroup2 id of a full socket's cgroup; None for a minisocket.
@@ -540,7 +533,7 @@ pub fn visit(id: u64, session: u64, seq_num: u64) {
 
 /// After the walk: the keys this kernel counts, subtree then `self_`.
 #[inline(always)]
-pub fn print(seq: *mut seq_file, session: u64) {
+pub fn print(out: &Out, session: u64) {
     let Some(acc) = HEALTH_SCRATCH.get_ptr(session) else {
         return;
     };
@@ -549,61 +542,17 @@ pub fn print(seq: *mut seq_file, session: u64) {
     let _ = HEALTH_SCRATCH.remove(session);
     let s = a.subtree.values();
     let o = a.own.values();
-    if key_on(health::ACTIVE_OPENS) {
-        out(
-            seq,
-            b"tcp_active_opens %llu\nself_tcp_active_opens %llu\n\0",
-            &[s[0], o[0]],
-        );
-    }
-    if key_on(health::PASSIVE_OPENS) {
-        out(
-            seq,
-            b"tcp_passive_opens %llu\nself_tcp_passive_opens %llu\n\0",
-            &[s[1], o[1]],
-        );
-    }
-    if key_on(health::RETRANS_SEGS) {
-        out(
-            seq,
-            b"tcp_retrans_segs %llu\nself_tcp_retrans_segs %llu\n\0",
-            &[s[2], o[2]],
-        );
-    }
-    if key_on(health::TIMEOUTS) {
-        out(
-            seq,
-            b"tcp_timeouts %llu\nself_tcp_timeouts %llu\n\0",
-            &[s[3], o[3]],
-        );
-    }
-    if key_on(health::OUT_RSTS) {
-        out(
-            seq,
-            b"tcp_out_rsts %llu\nself_tcp_out_rsts %llu\n\0",
-            &[s[4], o[4]],
-        );
-    }
-    if key_on(health::DROP_PACKETS) {
-        out(
-            seq,
-            b"drop_packets %llu\nself_drop_packets %llu\n\0",
-            &[s[5], o[5]],
-        );
-    }
-}
-
-#[inline(always)]
-fn out<const F: usize>(seq: *mut seq_file, fmt: &[u8; F], args: &[u64; 2]) {
-    // SAFETY: `fmt` is NUL-terminated read-only data, `args` holds 2 u64s.
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_seq_printf(
-            seq,
-            fmt.as_ptr().cast(),
-            F as u32,
-            args.as_ptr().cast(),
-            16,
-        );
+    // Keys by their bit in the state (health::ACTIVE_OPENS, ...), which
+    // is their order in `health::KEYS` and in the text's key table.
+    let on = HEALTH_STATE.get(health::state::KEYS).copied().unwrap_or(0);
+    let mut h = 0;
+    while h < health::KEYS.len() {
+        if on & (1u32 << h) != 0 {
+            let k = Key::TCP_ACTIVE_OPENS.plus(2 * h as u8);
+            out.line_id(k, s[h]);
+            out.line_id(k + 1, o[h]);
+        }
+        h += 1;
     }
 }
 

@@ -31,6 +31,7 @@ mod maps;
 mod measure;
 mod removal;
 mod tc;
+mod text;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -225,3 +225,93 @@ fn net_stat_of_a_known_state_is_exactly_this_text() {
         assert_eq!(w.status_stat(rel), keys, "status --json stats of {rel:?}");
     }
 }
+
+/// Counters of every width `net.stat` can print, from 0 to `u64::MAX` and
+/// on both sides of each place where the iterator's number formatting
+/// changes (10^8 and 10^16), written into the pinned counter maps of one
+/// cgroup: each line of its file is the key and the value's decimal text,
+/// exactly, as `u64::to_string` makes it.
+#[test]
+fn net_stat_prints_every_width_of_counter_exactly() {
+    use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+    require_kernel!();
+    if !crate::world::stats_files() {
+        eprintln!(
+            "SKIPPED net_stat_prints_every_width_of_counter_exactly: no cgroup iterators, no net.stat text"
+        );
+        return;
+    }
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    let pins = Pins::new(&w.root, true);
+    let id = w.cgroup_id("a.scope");
+    let values: [u64; 12] = [
+        0,
+        7,
+        10,
+        99_999_999,
+        100_000_000,
+        100_000_001,
+        1_234_567_890_123,
+        9_999_999_999_999_999,
+        10_000_000_000_000_000,
+        10_000_000_000_000_001,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    let cpus = cgacct_pin::observe::kernel::nr_cpus().expect("CPUs") as usize;
+    let maps = [
+        cgacct_common::maps::CGROUP_STATS,
+        cgacct_common::maps::TC_CGROUP_STATS,
+        cgacct_common::maps::VETH_STATS,
+    ];
+    for (m, name) in maps.iter().enumerate() {
+        let v = &values[4 * m..4 * m + 4];
+        let c = Counters {
+            rx_bytes: v[0],
+            rx_packets: v[1],
+            tx_bytes: v[2],
+            tx_packets: v[3],
+        };
+        let data = MapData::from_pin(pins.map(name)).expect("pinned counter map");
+        match Map::from_map_data(data).expect("map") {
+            // All on one CPU: the sum of the others is 0.
+            Map::PerCpuHashMap(d) => {
+                let mut per_cpu = vec![Counters::default(); cpus];
+                per_cpu[cpus - 1] = c;
+                let mut map: PerCpuHashMap<MapData, u64, Counters> =
+                    Map::PerCpuHashMap(d).try_into().expect("per-CPU map");
+                map.insert(id, PerCpuValues::try_from(per_cpu).expect("values"), 0)
+                    .expect("insert");
+            }
+            Map::HashMap(d) => {
+                let mut map: HashMap<MapData, u64, Counters> = Map::HashMap(d).try_into().expect("map");
+                map.insert(id, c, 0).expect("insert");
+            }
+            _ => panic!("{name} is neither a per-CPU nor a shared hash"),
+        }
+    }
+    let text = std::fs::read_to_string(pins.stats_file(&w.cgroup("a.scope"))).expect("read net.stat");
+    let keys = [
+        "self_rx_bytes",
+        "self_rx_packets",
+        "self_tx_bytes",
+        "self_tx_packets",
+        "self_tc_ingress_bytes",
+        "self_tc_ingress_packets",
+        "self_tc_egress_bytes",
+        "self_tc_egress_packets",
+        "self_veth_rx_bytes",
+        "self_veth_rx_packets",
+        "self_veth_tx_bytes",
+        "self_veth_tx_packets",
+    ];
+    for (key, v) in keys.iter().zip(values) {
+        let line = format!("\n{key} {v}\n");
+        assert!(text.contains(&line), "{line:?} not in net.stat:\n{text}");
+        let subtree = format!("\n{} {v}\n", &key["self_".len()..]);
+        assert!(text.contains(&subtree), "{subtree:?} not in net.stat:\n{text}");
+    }
+    assert!(text.ends_with('\n') && !text.contains("\n\n"), "{text}");
+}

@@ -5,6 +5,9 @@
 //!   What any program of that type costs: the floor.
 //! - `floor_kfree_skb`, `floor_sock_state`: empty BTF tracepoint programs
 //!   on the two tracepoints cgacct's busiest health programs use.
+//! - `floor_iter`: a cgroup iterator that writes one fixed line at the end
+//!   of its walk and does nothing else: what any `net.stat`-like file costs
+//!   a reader before its program does any work.
 //! - `naive_cg`, `naive_tc`: the design cgacct avoids, one shared hash map
 //!   per key kind, updated with atomic adds. They measure a packet exactly
 //!   as cgacct does (the same `measure`, compiled from programs/src), so the
@@ -17,9 +20,9 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_NOEXIST},
+    bindings::{__sk_buff, seq_file, BPF_NOEXIST},
     btf_maps::HashMap,
-    helpers::generated::bpf_skb_cgroup_id,
+    helpers::generated::{bpf_seq_write, bpf_skb_cgroup_id},
     macros::{btf_map, btf_tracepoint, cgroup_skb, classifier},
     programs::{BtfTracePointContext, SkBuffContext, TcContext},
 };
@@ -57,6 +60,40 @@ pub fn floor_kfree_skb(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn floor_sock_state(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// `struct bpf_iter_meta`.
+#[repr(C)]
+pub struct IterMeta {
+    seq: *mut seq_file,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__cgroup`.
+#[repr(C)]
+pub struct IterCgroupCtx {
+    meta: *mut IterMeta,
+    cgroup: *const u8,
+}
+
+const FLOOR_LINE: &[u8; 8] = b"floor 0\n";
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/cgroup")]
+pub extern "C" fn floor_iter(ctx: *mut IterCgroupCtx) -> i32 {
+    // SAFETY: the kernel passes a valid context; meta is never NULL. The
+    // line is read-only data of the length passed.
+    unsafe {
+        if (*ctx).cgroup.is_null() {
+            bpf_seq_write(
+                (*(*ctx).meta).seq,
+                FLOOR_LINE.as_ptr().cast(),
+                FLOOR_LINE.len() as u32,
+            );
+        }
+    }
     0
 }
 
