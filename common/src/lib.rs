@@ -102,6 +102,8 @@ pub struct IterAcc {
     pub subtree_veth: Counters,
     /// Removed descendants whose totals the subtree counts include.
     pub departed_cgroups: u64,
+    /// The TCP health and drop counts, own and subtree.
+    pub health: HealthAcc,
     /// The text of the read, formatted after the walk.
     pub text: Text,
 }
@@ -118,6 +120,10 @@ impl IterAcc {
         own_veth: Counters::ZERO,
         subtree_veth: Counters::ZERO,
         departed_cgroups: 0,
+        health: HealthAcc {
+            own: Health::ZERO,
+            subtree: Health::ZERO,
+        },
         text: Text {
             len: 0,
             queued: 0,
@@ -417,6 +423,10 @@ pub mod globals {
     /// 1 when the cgroup counter maps are plain hashes shared by every CPU
     /// (kernels without `bpf_map_lookup_percpu_elem`), 0 for per-CPU (`u32`).
     pub const SHARED_COUNTERS: &str = "SHARED_COUNTERS";
+    /// 1 where the verifier takes 8-byte stores at any byte offset of a
+    /// map value (architectures with efficient unaligned access: x86-64,
+    /// arm64, powerpc64, s390x), 0 elsewhere (`u32`).
+    pub const UNALIGNED_STORES: &str = "UNALIGNED_STORES";
 }
 
 /// Upper bound on CPUs the iterator sums over; the loader refuses hosts with more.
@@ -476,6 +486,15 @@ pub struct Health {
 }
 
 impl Health {
+    pub const ZERO: Health = Health {
+        tcp_active_opens: 0,
+        tcp_passive_opens: 0,
+        tcp_retrans_segs: 0,
+        tcp_timeouts: 0,
+        tcp_out_rsts: 0,
+        drop_packets: 0,
+    };
+
     /// Nonzero when any field is (see [`Counters::any`]).
     #[inline(always)]
     pub fn any(&self) -> u64 {
@@ -567,8 +586,6 @@ pub mod health {
         /// its final health counts (own, subtree), beside its `REMOVED`
         /// record.
         pub const HEALTH_REMOVED: &str = "HEALTH_REMOVED";
-        /// LRU hash: iterator session (`u64`) -> [`crate::HealthAcc`].
-        pub const HEALTH_SCRATCH: &str = "HEALTH_SCRATCH";
         /// Socket storage: a TCP socket's `total_retrans` when last taken.
         pub const RETRANS_SEEN: &str = "RETRANS_SEEN";
         /// Array of 2 `u32`: see [`super::state`].
@@ -576,18 +593,23 @@ pub mod health {
         /// Per-CPU array: drop reason (`u32`) -> packets (`u64`) counted in
         /// some cgroup's `drop_packets`.
         pub const DROP_REASONS: &str = "DROP_REASONS";
-        pub const ALL: [&str; 8] = [
+        pub const ALL: [&str; 7] = [
             HEALTH_STATS,
             HEALTH_DEPARTED,
             HEALTH_OVERFLOW,
             HEALTH_REMOVED,
-            HEALTH_SCRATCH,
             RETRANS_SEEN,
             HEALTH_STATE,
             DROP_REASONS,
         ];
         /// Maps whose content is rebuilt: replaced without asking.
-        pub const REBUILT: [&str; 3] = [HEALTH_SCRATCH, RETRANS_SEEN, HEALTH_STATE];
+        pub const REBUILT: [&str; 2] = [RETRANS_SEEN, HEALTH_STATE];
+        /// Maps of earlier builds that this one no longer has: unpinned
+        /// when the programs are replaced, and by `destroy`.
+        pub const RETIRED: [&str; 1] = [
+            // The iterator's health sums, now in `ITER_SCRATCH`.
+            "HEALTH_SCRATCH",
+        ];
     }
 
     /// Program names.

@@ -289,24 +289,24 @@ pub fn layout_key(map: &str) -> Option<&'static str> {
         | cgacct_common::health::maps::HEALTH_DEPARTED
         | cgacct_common::health::maps::HEALTH_REMOVED => Some("[maps] cgroups"),
         maps::IFACE_STATS | maps::IFACE_OWNER => Some("[maps] interfaces"),
-        maps::ITER_SCRATCH | maps::CLASS_SCRATCH | cgacct_common::health::maps::HEALTH_SCRATCH => {
-            Some("[maps] readers")
-        }
+        maps::ITER_SCRATCH | maps::CLASS_SCRATCH => Some("[maps] readers"),
         _ => None,
     }
 }
 
+/// Maps of earlier builds that this one no longer has.
+pub const RETIRED_MAPS: [&str; 1] = cgacct_common::health::maps::RETIRED;
+
 /// Maps whose content is rebuilt (scratch space, interface owners set by
 /// every apply): replaced without asking when their shape changes.
-pub const REBUILT_MAPS: [&str; 8] = [
+pub const REBUILT_MAPS: [&str; 7] = [
     maps::ITER_SCRATCH,
     maps::REMOVED_SCRATCH,
     maps::SUM_SCRATCH,
     maps::IFACE_OWNER,
     maps::IFACE_OWNER_GEN,
     maps::CLASS_SCRATCH,
-    cgacct_common::health::maps::REBUILT[0],
-    cgacct_common::health::maps::REBUILT[1],
+    cgacct_common::health::maps::RETRANS_SEEN,
 ];
 
 /// A BTF blob describing a cgroup counter map's key (`u64`, type 1) and

@@ -69,7 +69,6 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
-    health::visit(id, session, seq_num);
     let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, { sum::UNROLLED }>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
@@ -106,6 +105,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.subtree_veth = own_veth;
         acc.departed_cgroups = 0;
         add_departed(acc, &gone);
+        health::visit(id, &mut acc.health, true);
     } else if let Some(acc) = ITER_SCRATCH.get_ptr_mut(session) {
         // SAFETY: a session is walked by one reader at a time.
         let acc = unsafe { &mut *acc };
@@ -114,6 +114,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
         acc.subtree_tc.add(&own_tc);
         acc.subtree_veth.add(&own_veth);
         add_departed(acc, &gone);
+        health::visit(id, &mut acc.health, false);
     }
     classes::visit(id, session, seq_num);
 }
@@ -150,7 +151,7 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
     // ready goes first.
     out.flush();
     classes::print(seq, session);
-    health::print(&out, session);
+    health::print(&out, &a.health);
     if a.cgroup_id == ROOT_CGROUP {
         print_overflow(&out);
     }

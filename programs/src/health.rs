@@ -88,10 +88,6 @@ pub static HEALTH_DEPARTED: HashMap<u64, Health, 16384> = HashMap::new();
 #[btf_map]
 pub static HEALTH_REMOVED: LruHashMap<u64, HealthAcc, 16384> = LruHashMap::new();
 
-/// iterator session -> health sums of one read.
-#[btf_map]
-pub static HEALTH_SCRATCH: LruHashMap<u64, HealthAcc, 1024> = LruHashMap::new();
-
 /// [`health::state`]: the keys counted, the programs that could not load.
 #[btf_map]
 pub static HEALTH_STATE: Array<u32, 2> = Array::new();
@@ -511,35 +507,26 @@ fn gone(id: u64) -> Health {
     }
 }
 
-/// One cgroup of an iterator walk (`seq_num` 0: the file's own cgroup).
+/// One cgroup of an iterator walk, added to the read's sums `acc` (`first`:
+/// the file's own cgroup, whose counts are also its `self_` keys).
 #[inline(always)]
-pub fn visit(id: u64, session: u64, seq_num: u64) {
+pub fn visit(id: u64, acc: &mut HealthAcc, first: bool) {
     let Some(mine) = own::<{ sum::UNROLLED }>(id) else {
         return;
     };
     let mut sub = mine;
     sub.add(&gone(id));
-    if seq_num == 0 {
-        let acc = HealthAcc {
-            own: mine,
-            subtree: sub,
-        };
-        let _ = HEALTH_SCRATCH.insert(session, acc, BPF_ANY as u64);
-    } else if let Some(acc) = HEALTH_SCRATCH.get_ptr_mut(session) {
-        // SAFETY: a session is walked by one reader at a time.
-        unsafe { (*acc).subtree.add(&sub) };
+    if first {
+        acc.own = mine;
+        acc.subtree = sub;
+    } else {
+        acc.subtree.add(&sub);
     }
 }
 
 /// After the walk: the keys this kernel counts, subtree then `self_`.
 #[inline(always)]
-pub fn print(out: &Out, session: u64) {
-    let Some(acc) = HEALTH_SCRATCH.get_ptr(session) else {
-        return;
-    };
-    // SAFETY: non-NULL lookup result.
-    let a = unsafe { *acc };
-    let _ = HEALTH_SCRATCH.remove(session);
+pub fn print(out: &Out, a: &HealthAcc) {
     let s = a.subtree.values();
     let o = a.own.values();
     // Keys by their bit in the state (health::ACTIVE_OPENS, ...), which

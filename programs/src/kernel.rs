@@ -35,6 +35,19 @@ pub static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 pub static SHARED_COUNTERS: u32 = 0;
 
+/// 1 where 8-byte stores may start at any byte of a map value (set by the
+/// loader from its architecture; the kernel's verifier refuses them where
+/// unaligned access is not efficient).
+#[unsafe(no_mangle)]
+pub static UNALIGNED_STORES: u32 = 0;
+
+/// Whether [`UNALIGNED_STORES`] is set: a constant to the verifier.
+#[inline(always)]
+pub fn unaligned_stores() -> bool {
+    // SAFETY: read-only global.
+    unsafe { ptr::read_volatile(&UNALIGNED_STORES) != 0 }
+}
+
 /// Whether the cgroup counter maps are shared (see [`SHARED_COUNTERS`]).
 #[inline(always)]
 pub fn shared_counters() -> bool {

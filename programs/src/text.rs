@@ -22,6 +22,8 @@ use aya_ebpf::{
 };
 use cgacct_common::{Text, TEXT_LEN, TEXT_LINES};
 
+use crate::kernel::unaligned_stores;
+
 /// Longest key, its trailing space included (a multiple of 8: keys are
 /// copied 8 bytes at a time).
 const KEY_MAX: usize = 48;
@@ -245,14 +247,6 @@ fn write_out(ctx: &Lines) {
     unsafe { (*ctx.text).len = 0 };
 }
 
-/// Byte `at` of the buffer.
-#[inline(always)]
-fn put(text: *mut Text, at: usize, b: u8) {
-    // SAFETY: the mask keeps the write in the buffer whatever `at` is;
-    // callers keep `at` below TEXT_LEN, where the mask changes nothing.
-    unsafe { *(&raw mut (*text).buf).cast::<u8>().add(at & (TEXT_LEN - 1)) = b };
-}
-
 /// Line `i` of the queue, appended to the text (written out first when a
 /// longest line might not fit); 0: go on with the next line.
 extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
@@ -269,52 +263,78 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
         write_out(ctx);
         at = 0;
     }
+    // SAFETY: at <= TEXT_LEN - LINE_MAX: the line's LINE_MAX bytes are in
+    // the buffer; every write below is at an offset below LINE_MAX.
+    let line = unsafe { (&raw mut (*text).buf).cast::<u8>().add(at) };
     // The key in whole blocks of 8 bytes; the number overwrites the
     // padding after it.
     let len = (key.len as usize).min(KEY_MAX);
+    let name = key.name.as_ptr();
     let mut block = 0;
-    while block < KEY_MAX && block < len {
-        let mut j = 0;
-        while j < 8 {
-            put(text, at + block + j, key.name[(block + j) % KEY_MAX]);
-            j += 1;
+    if unaligned_stores() {
+        while block < KEY_MAX && block < len {
+            // SAFETY: block is a multiple of 8 below KEY_MAX, itself a
+            // multiple of 8: the read is 8-aligned (`name` follows a u64
+            // in a `#[repr(C)]` struct) and inside `name`; the store is at
+            // an offset below LINE_MAX of the line, one instruction at any
+            // byte offset, which this kernel's verifier takes (the loader
+            // sets UNALIGNED_STORES only where it does).
+            unsafe {
+                let word = ptr::read(name.add(block).cast::<u64>());
+                core::arch::asm!(
+                    "*(u64 *)({p} + 0) = {w}",
+                    p = in(reg) line.add(block),
+                    w = in(reg) word,
+                );
+            }
+            block += 8;
         }
-        block += 8;
+    } else {
+        while block < KEY_MAX && block < len {
+            let mut j = 0;
+            while j < 8 {
+                // SAFETY: block + j < KEY_MAX (as above).
+                unsafe { *line.add(block + j) = *name.add(block + j) };
+                j += 1;
+            }
+            block += 8;
+        }
     }
-    let at = at + len;
-    let end = at + number(text, at, value);
-    put(text, end, b'\n');
+    let end = len + number(line, len, value);
+    // SAFETY: end <= KEY_MAX + DIGITS_MAX < LINE_MAX.
+    unsafe { *line.add(end) = b'\n' };
     // SAFETY: as above.
-    unsafe { (*text).len = (end + 1) as u64 };
+    unsafe { (*text).len = (at + end + 1) as u64 };
     0
 }
 
 const E8: u64 = 100_000_000;
 
-/// The decimal digits of `v` from `at`; returns how many.
+/// The decimal digits of `v` at `line + at` (at <= KEY_MAX); returns how
+/// many (at most DIGITS_MAX).
 #[inline(always)]
-fn number(text: *mut Text, at: usize, v: u64) -> usize {
+fn number(line: *mut u8, at: usize, v: u64) -> usize {
     if v < E8 {
-        return digits(text, at, v as u32);
+        return digits(line, at, v as u32);
     }
     let hi = v / E8;
     let lo = (v - hi * E8) as u32;
     if hi < E8 {
-        let n = digits(text, at, hi as u32);
-        digits8(text, at + n, lo);
+        let n = digits(line, at, hi as u32);
+        digits8(line, at + n, lo);
         return n + 8;
     }
     let top = hi / E8;
     let mid = (hi - top * E8) as u32;
-    let n = digits(text, at, top as u32);
-    digits8(text, at + n, mid);
-    digits8(text, at + n + 8, lo);
+    let n = digits(line, at, top as u32);
+    digits8(line, at + n, mid);
+    digits8(line, at + n + 8, lo);
     n + 16
 }
 
 /// The digits of `c` (< 10^8) without leading zeros; returns how many.
 #[inline(always)]
-fn digits(text: *mut Text, at: usize, c: u32) -> usize {
+fn digits(line: *mut u8, at: usize, c: u32) -> usize {
     let n = if c < 10 {
         1
     } else if c < 100 {
@@ -337,7 +357,8 @@ fn digits(text: *mut Text, at: usize, c: u32) -> usize {
     while i > 0 {
         i -= 1;
         let q = div10(x);
-        put(text, at + i, b'0' + (x - q * 10) as u8);
+        // SAFETY: at + i < KEY_MAX + DIGITS_MAX (see `number`).
+        unsafe { *line.add(at + i) = b'0' + (x - q * 10) as u8 };
         x = q;
     }
     n
@@ -345,13 +366,14 @@ fn digits(text: *mut Text, at: usize, c: u32) -> usize {
 
 /// The 8 digits of `c` (< 10^8), leading zeros included.
 #[inline(always)]
-fn digits8(text: *mut Text, at: usize, c: u32) {
+fn digits8(line: *mut u8, at: usize, c: u32) {
     let mut x = c;
     let mut i = 8;
     while i > 0 {
         i -= 1;
         let q = div10(x);
-        put(text, at + i, b'0' + (x - q * 10) as u8);
+        // SAFETY: as in `digits`.
+        unsafe { *line.add(at + i) = b'0' + (x - q * 10) as u8 };
         x = q;
     }
 }

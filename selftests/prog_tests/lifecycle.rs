@@ -84,3 +84,50 @@ fn destroy_leaves_the_kernel_clean() {
             .all(|p| !ids.contains(&p.id()))
     });
 }
+
+/// A map an earlier build pinned and this one no longer has (its
+/// iterator's health scratch): unpinned when apply loads the programs, and
+/// by destroy, which otherwise would leave the root behind.
+#[test]
+fn maps_of_earlier_builds_are_unpinned() {
+    require_kernel!();
+    let w = World::new(&["a.scope"]);
+    w.write_layout();
+    w.apply();
+    let pins = cgacct_pin::bpffs::names::Pins::new(&w.root, true);
+    let retired = pins.map(cgacct_pin::object::RETIRED_MAPS[0]);
+    let pin_retired = || {
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&retired)
+            .args([
+                "type", "lru_hash", "key", "8", "value", "96", "entries", "16", "name",
+            ])
+            .arg(cgacct_pin::object::RETIRED_MAPS[0])
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool map create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(retired.exists());
+    };
+
+    // As after an upgrade: the programs are loaded again.
+    pin_retired();
+    let prog = w.root.join("progs").join(crate::world::programs()[0]);
+    std::fs::remove_file(&prog).expect("unpin a program");
+    let out = w.apply();
+    assert!(
+        out.contains("load programs"),
+        "apply did not load the programs:\n{out}"
+    );
+    assert!(!retired.exists(), "{} left pinned by apply", retired.display());
+    w.send_udp("a.scope", false, 3, 100);
+    assert_eq!(w.stat("a.scope")["tx_packets"], 3);
+
+    pin_retired();
+    w.cgacct(&["destroy", "--root", w.root.to_str().expect("utf-8")]);
+    assert!(!w.root.exists(), "destroy left {}", w.root.display());
+}

@@ -94,7 +94,7 @@ pub fn destroy(o: &Observed) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             removed.push(p);
         }
     }
-    for name in object::all_maps() {
+    for name in object::all_maps().chain(object::RETIRED_MAPS) {
         let p = pins.map(name);
         // A replacement map left by an interrupted apply, then the map.
         let next = p.with_file_name(format!("{}_next", name.to_ascii_lowercase()));

@@ -62,7 +62,22 @@ pub fn load_programs(
         }
         pin_loaded(&mut ebpf, pins, name, from)?;
     }
+    unpin_retired(pins)?;
     Ok(ebpf)
+}
+
+/// Unpins the maps of earlier builds that this one no longer has (the
+/// replaced programs keep theirs until their links move to the new ones).
+fn unpin_retired(pins: &Pins) -> Result<()> {
+    for name in object::RETIRED_MAPS {
+        let pin = pins.map(name);
+        if pin.exists() {
+            sys::fault::step();
+            fs::remove_file(&pin)
+                .with_context(|| format!("unpinning {}, a map of an earlier build", pin.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The kernel's BTF parsed on threads of their own: aya parses it for the
@@ -183,6 +198,7 @@ fn against_pins(
     let nr_cpus = kernel::program_cpus()?;
     let k = kernel::features().object();
     let shared = u32::from(k.shared_counters);
+    let unaligned = u32::from(kernel::unaligned_stores());
     let build = object::this_build();
     sys::os::raise_memlock();
     // Borrowing the globals above for as long as the load.
@@ -203,6 +219,7 @@ fn against_pins(
             true,
         )
         .override_global(globals::SHARED_COUNTERS, &shared, true)
+        .override_global(globals::UNALIGNED_STORES, &unaligned, true)
         .override_global(globals::BUILD_ID, &build, true);
     pin_maps(&mut loader, layout, pins, replaced, k)?;
     super::health::configure(&mut loader, health);

@@ -93,7 +93,7 @@ pub fn program(name: &str) -> Option<Program> {
 }
 
 /// The health maps this build and layout need on kernel `k`.
-pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapShape); 8] {
+pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapShape); 7] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -111,10 +111,6 @@ pub fn wanted_maps(sizes: &MapSizes, k: super::Kernel) -> [(&'static str, MapSha
         (
             maps::HEALTH_REMOVED,
             shape(MapType::LruHash, 8, size_of::<HealthAcc>(), sizes.cgroups),
-        ),
-        (
-            maps::HEALTH_SCRATCH,
-            shape(MapType::LruHash, 8, size_of::<HealthAcc>(), sizes.readers),
         ),
         (maps::RETRANS_SEEN, shape(MapType::SkStorage, 4, 8, 0)),
         (maps::HEALTH_STATE, shape(MapType::Array, 4, 4, 2)),

@@ -270,6 +270,18 @@ pub fn nr_cpus() -> Result<u32> {
 /// slot to read and add nothing.
 pub const PROGRAM_CPUS_ENV: &str = "CGACCT_PROGRAM_CPUS";
 
+/// Whether this architecture's kernels take 8-byte BPF stores at any byte
+/// offset of a map value: those with `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`
+/// (the verifier is strict about alignment elsewhere).
+pub fn unaligned_stores() -> bool {
+    cfg!(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    ))
+}
+
 /// The CPU count the programs are loaded with: [`nr_cpus`], or what
 /// [`PROGRAM_CPUS_ENV`] says.
 pub fn program_cpus() -> Result<u32> {
