@@ -69,7 +69,7 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     let Some(id) = (unsafe { cgroup_id(cgroup) }) else {
         return;
     };
-    let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, { sum::UNROLLED }>(
+    let Some([own, own_tc, own_veth]) = sum_counters::<u64, Counters, 3, { sum::AUTO }>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),

@@ -233,7 +233,7 @@ pub fn visit(id: u64, session: u64, seq_num: u64) {
     let n = indices();
     let mut class = 0;
     while class < classes::MAX && class < n {
-        let Some((own, gone)) = totals::<{ sum::UNROLLED }>(id, class) else {
+        let Some((own, gone)) = totals::<{ sum::AUTO }>(id, class) else {
             return;
         };
         let mut sub = own;

@@ -511,7 +511,7 @@ fn gone(id: u64) -> Health {
 /// the file's own cgroup, whose counts are also its `self_` keys).
 #[inline(always)]
 pub fn visit(id: u64, acc: &mut HealthAcc, first: bool) {
-    let Some(mine) = own::<{ sum::UNROLLED }>(id) else {
+    let Some(mine) = own::<{ sum::AUTO }>(id) else {
         return;
     };
     let mut sub = mine;

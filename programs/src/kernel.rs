@@ -148,10 +148,14 @@ pub mod sum {
     pub const LOOP: u8 = 0;
     /// Shared maps only: no per-CPU sum in the program's code at all.
     pub const SHARED: u8 = 1;
-    /// One unrolled step per CPU ([`super::sum_unrolled`]): the iterator,
-    /// whose stack with a `bpf_loop` callback's frame passes the 512
-    /// bytes that Linux 6.1 allows.
-    pub const UNROLLED: u8 = 2;
+    /// One unrolled step per CPU ([`super::sum_unrolled`]) where the
+    /// loader's CPU count is at most [`UNROLL_MAX`], else [`LOOP`]: the
+    /// iterator's walk, which a loop's call per cgroup would slow on
+    /// small hosts and whose unrolled code the verifier refuses on large
+    /// ones (past 256 CPUs: "The sequence of 8193 jumps is too complex").
+    pub const AUTO: u8 = 2;
+    /// CPUs up to which [`AUTO`] unrolls.
+    pub const UNROLL_MAX: u32 = 64;
 }
 
 /// The whole count of `map[key]` for each of the counter maps `maps`: the
@@ -166,7 +170,9 @@ pub fn sum_counters<K: Copy, V: Summed, const M: usize, const MODE: u8>(
     key: &K,
 ) -> Option<[V; M]> {
     if MODE != sum::SHARED && !shared_counters() {
-        if MODE == sum::UNROLLED {
+        // SAFETY: read-only global: a constant to the verifier, which
+        // looks only at the branch taken.
+        if MODE == sum::AUTO && unsafe { ptr::read_volatile(&NR_CPUS) } <= sum::UNROLL_MAX {
             return Some(sum_unrolled(maps, key));
         }
         return sum_percpu(maps, key);

@@ -29,9 +29,13 @@ use crate::kernel::unaligned_stores;
 const KEY_MAX: usize = 48;
 /// Digits of the largest `u64`.
 const DIGITS_MAX: usize = 20;
-/// Longest line: key (whole 8-byte blocks of it), number, newline.
-const LINE_MAX: usize = KEY_MAX + DIGITS_MAX + 1;
-const _: () = assert!(LINE_MAX < TEXT_LEN && KEY_MAX % 8 == 0);
+/// A key's length as the verifier sees it: masked with `KEY_LEN_MASK`, so
+/// that every kernel's verifier knows its bound (Linux 6.1's loses bounds
+/// that LLVM proves on a copy of the value).
+const KEY_LEN_MASK: usize = 63;
+/// Longest line as the verifier bounds it: key, number, newline.
+const LINE_MAX: usize = KEY_LEN_MASK + DIGITS_MAX + 1;
+const _: () = assert!(LINE_MAX < TEXT_LEN && KEY_MAX % 8 == 0 && KEY_MAX <= KEY_LEN_MASK);
 
 /// A key as the table holds it: its bytes, zero-padded, and their length.
 #[repr(C)]
@@ -237,7 +241,10 @@ impl Out {
 fn write_out(ctx: &Lines) {
     // SAFETY: `text` points into a live map value.
     let len = unsafe { (*ctx.text).len } as usize;
-    if len > 0 && len <= TEXT_LEN {
+    // One bound only (a zero-length write is allowed): Linux 6.1's
+    // verifier loses the bounds of `len` that LLVM proves with
+    // `len - 1 <= 511` for `len > 0 && len <= 512`.
+    if len <= TEXT_LEN {
         // SAFETY: `len` bytes of the buffer are formatted text.
         unsafe {
             bpf_seq_write(ctx.seq, (&raw const (*ctx.text).buf).cast(), len as u32);
@@ -268,7 +275,7 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
     let line = unsafe { (&raw mut (*text).buf).cast::<u8>().add(at) };
     // The key in whole blocks of 8 bytes; the number overwrites the
     // padding after it.
-    let len = (key.len as usize).min(KEY_MAX);
+    let len = key.len as usize & KEY_LEN_MASK;
     let name = key.name.as_ptr();
     let mut block = 0;
     if unaligned_stores() {
@@ -301,7 +308,7 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
         }
     }
     let end = len + number(line, len, value);
-    // SAFETY: end <= KEY_MAX + DIGITS_MAX < LINE_MAX.
+    // SAFETY: end <= KEY_LEN_MASK + DIGITS_MAX < LINE_MAX.
     unsafe { *line.add(end) = b'\n' };
     // SAFETY: as above.
     unsafe { (*text).len = (at + end + 1) as u64 };
@@ -310,8 +317,8 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
 
 const E8: u64 = 100_000_000;
 
-/// The decimal digits of `v` at `line + at` (at <= KEY_MAX); returns how
-/// many (at most DIGITS_MAX).
+/// The decimal digits of `v` at `line + at` (at <= KEY_LEN_MASK); returns
+/// how many (at most DIGITS_MAX).
 #[inline(always)]
 fn number(line: *mut u8, at: usize, v: u64) -> usize {
     if v < E8 {
@@ -357,7 +364,7 @@ fn digits(line: *mut u8, at: usize, c: u32) -> usize {
     while i > 0 {
         i -= 1;
         let q = div10(x);
-        // SAFETY: at + i < KEY_MAX + DIGITS_MAX (see `number`).
+        // SAFETY: at + i < KEY_LEN_MASK + DIGITS_MAX (see `number`).
         unsafe { *line.add(at + i) = b'0' + (x - q * 10) as u8 };
         x = q;
     }
