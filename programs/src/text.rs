@@ -273,13 +273,15 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: at <= TEXT_LEN - LINE_MAX: the line's LINE_MAX bytes are in
     // the buffer; every write below is at an offset below LINE_MAX.
     let line = unsafe { (&raw mut (*text).buf).cast::<u8>().add(at) };
-    // The key in whole blocks of 8 bytes; the number overwrites the
-    // padding after it.
+    // The key's whole slot, 8 bytes at a time, whatever its length: the
+    // number overwrites the padding after the key. A copy that stopped at
+    // the key's end would give the verifier one way through the rest of
+    // the line per block.
     let len = key.len as usize & KEY_LEN_MASK;
     let name = key.name.as_ptr();
     let mut block = 0;
     if unaligned_stores() {
-        while block < KEY_MAX && block < len {
+        while block < KEY_MAX {
             // SAFETY: block is a multiple of 8 below KEY_MAX, itself a
             // multiple of 8: the read is 8-aligned (`name` follows a u64
             // in a `#[repr(C)]` struct) and inside `name`; the store is at
@@ -297,14 +299,10 @@ extern "C" fn format_line(i: u64, ctx: *mut c_void) -> i64 {
             block += 8;
         }
     } else {
-        while block < KEY_MAX && block < len {
-            let mut j = 0;
-            while j < 8 {
-                // SAFETY: block + j < KEY_MAX (as above).
-                unsafe { *line.add(block + j) = *name.add(block + j) };
-                j += 1;
-            }
-            block += 8;
+        while block < KEY_MAX {
+            // SAFETY: block < KEY_MAX < LINE_MAX.
+            unsafe { *line.add(block) = *name.add(block) };
+            block += 1;
         }
     }
     let end = len + number(line, len, value);
