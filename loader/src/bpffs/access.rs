@@ -47,6 +47,7 @@ pub fn has(e: &Entry, a: &Access) -> bool {
 /// Gives `path` and its directories up to the root the owner, group and
 /// mode the layout wants.
 pub fn settle(rules: &AccessRules, pins: &Pins, path: &Path) -> io::Result<()> {
+    let _modes = super::names::lock_modes();
     let mut cur = Some(path);
     while let Some(p) = cur {
         // A path that is not there (yet) has nothing to settle.

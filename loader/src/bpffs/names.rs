@@ -158,6 +158,19 @@ pub fn unescape(escaped: &str) -> Option<String> {
     Some(out)
 }
 
+/// Held while a directory's permission bits are cleared for a dotted name
+/// ([`create_with_dots`]) and while [`super::access::settle`] reads and
+/// sets modes: apply pins on several threads, and without it one thread
+/// could restore a mode another has just cleared (its pin then fails with
+/// `EPERM`), or save the cleared mode as the one to restore.
+static MODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`MODES`], taken (a panic elsewhere while it was held leaves nothing
+/// half-done that matters here).
+pub fn lock_modes() -> std::sync::MutexGuard<'static, ()> {
+    MODES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `op` (which creates `path`) with the parent's permission bits
 /// cleared when the last component has a dot, restoring them on every path.
 pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
@@ -168,6 +181,7 @@ pub fn create_with_dots<T>(path: &Path, op: impl FnOnce() -> io::Result<T>) -> i
     let Some(parent) = parent else {
         return op();
     };
+    let _modes = lock_modes();
     let mode = fs::metadata(parent)?.permissions().mode() & 0o7777;
     fs::set_permissions(parent, fs::Permissions::from_mode(0o000))?;
     crate::sys::fault::step();
@@ -223,6 +237,36 @@ pub fn probe_dots(root: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two threads making dotted names in one directory at once, as apply's
+    /// stats and TC threads do in the root: the directory ends with the
+    /// mode it had, never the cleared one another thread saved.
+    #[test]
+    fn dotted_names_made_at_once_restore_the_directory_mode() {
+        use std::os::unix::fs::MetadataExt as _;
+        // Making a file in a directory of mode 000 needs root's override.
+        if fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+            eprintln!("SKIPPED dotted_names_made_at_once_restore_the_directory_mode: not root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("cgacct-dots-{}", std::process::id()));
+        fs::create_dir_all(&root).expect("temp root");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o750)).expect("chmod");
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let root = &root;
+                s.spawn(move || {
+                    for i in 0..500 {
+                        let p = root.join(format!("f{t}.{i}"));
+                        create_with_dots(&p, || fs::write(&p, b"")).expect("create");
+                    }
+                });
+            }
+        });
+        let mode = fs::metadata(&root).expect("stat").permissions().mode() & 0o7777;
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(mode, 0o750);
+    }
 
     #[test]
     fn create_dirs_makes_missing_parents_and_keeps_existing_ones() {
