@@ -160,7 +160,10 @@ unsafe fn epilogue(seq: *mut seq_file, session: u64) {
 }
 
 /// The root cgroup's file also prints what no full map could take, by
-/// map: packets and bytes, both directions summed.
+/// map: packets and bytes, both directions summed. Unrolled per CPU at
+/// any count: the epilogue runs after the walk has let `cgroup_mutex` go,
+/// so `SUM_SCRATCH`, which the walk's and the removal programs' loops
+/// share under that mutex, is not its to use.
 #[inline(always)]
 fn print_overflow(out: &Out) {
     let map = ptr::from_ref(&OVERFLOW).cast_mut().cast();
