@@ -19,6 +19,7 @@ use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 
 use crate::{
     classes, health,
+    iter_ctx::IterCgroupCtx,
     kernel::{self, cgroup_id, sum, sum_counters, sum_unrolled},
     maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
     text::{Key, Out},
@@ -26,21 +27,6 @@ use crate::{
 
 /// What a read's `ITER_SCRATCH` entry starts from (read-only data).
 static ITER_ZERO: IterAcc = IterAcc::ZERO;
-
-/// `struct bpf_iter_meta`.
-#[repr(C)]
-pub struct IterMeta {
-    seq: *mut seq_file,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__cgroup`.
-#[repr(C)]
-pub struct IterCgroupCtx {
-    meta: *mut IterMeta,
-    cgroup: *const u8,
-}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/cgroup")]

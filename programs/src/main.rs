@@ -26,6 +26,7 @@ mod cgroup_skb;
 mod classes;
 mod fold;
 mod health;
+mod iter_ctx;
 mod kernel;
 mod maps;
 mod measure;

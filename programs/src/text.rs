@@ -357,27 +357,25 @@ fn digits(line: *mut u8, at: usize, c: u32) -> usize {
     } else {
         8
     };
-    let mut x = c;
-    let mut i = n;
-    while i > 0 {
-        i -= 1;
-        let q = div10(x);
-        // SAFETY: at + i < KEY_LEN_MASK + DIGITS_MAX (see `number`).
-        unsafe { *line.add(at + i) = b'0' + (x - q * 10) as u8 };
-        x = q;
-    }
+    put_digits(line, at, c, n);
     n
 }
 
 /// The 8 digits of `c` (< 10^8), leading zeros included.
 #[inline(always)]
 fn digits8(line: *mut u8, at: usize, c: u32) {
+    put_digits(line, at, c, 8);
+}
+
+/// The last `n` decimal digits of `c` at `line + at`.
+#[inline(always)]
+fn put_digits(line: *mut u8, at: usize, c: u32, n: usize) {
     let mut x = c;
-    let mut i = 8;
+    let mut i = n;
     while i > 0 {
         i -= 1;
         let q = div10(x);
-        // SAFETY: as in `digits`.
+        // SAFETY: at + i < KEY_LEN_MASK + DIGITS_MAX (see `number`).
         unsafe { *line.add(at + i) = b'0' + (x - q * 10) as u8 };
         x = q;
     }

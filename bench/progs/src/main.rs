@@ -20,7 +20,7 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{__sk_buff, seq_file, BPF_NOEXIST},
+    bindings::{__sk_buff, BPF_NOEXIST},
     btf_maps::HashMap,
     helpers::generated::{bpf_seq_write, bpf_skb_cgroup_id},
     macros::{btf_map, btf_tracepoint, cgroup_skb, classifier},
@@ -63,20 +63,10 @@ pub fn floor_sock_state(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `struct bpf_iter_meta`.
-#[repr(C)]
-pub struct IterMeta {
-    seq: *mut seq_file,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__cgroup`.
-#[repr(C)]
-pub struct IterCgroupCtx {
-    meta: *mut IterMeta,
-    cgroup: *const u8,
-}
+// The kernel's iterator context, as cgacct's iterator declares it.
+#[path = "../../../programs/src/iter_ctx.rs"]
+mod iter_ctx;
+use iter_ctx::IterCgroupCtx;
 
 const FLOOR_LINE: &[u8; 8] = b"floor 0\n";
 
