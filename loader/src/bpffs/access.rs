@@ -44,12 +44,15 @@ pub fn has(e: &Entry, a: &Access) -> bool {
     e.uid == a.uid && e.gid == a.gid && e.mode == a.mode
 }
 
-/// Gives `path` and its directories up to the root the owner, group and
-/// mode the layout wants.
+/// Gives `path` and its directories the owner, group and mode the layout
+/// wants, up to the root or the first directory that has them already:
+/// what cgacct makes is settled as it is made, so one that is right has
+/// right ones above it (and a plan finds any that are not: `SetAccess`).
 pub fn settle(rules: &AccessRules, pins: &Pins, path: &Path) -> io::Result<()> {
     let _modes = super::names::lock_modes();
     let mut cur = Some(path);
     while let Some(p) = cur {
+        let mut fixed = false;
         // A path that is not there (yet) has nothing to settle.
         if let Ok(meta) = fs::symlink_metadata(p) {
             if let Some(a) = wanted(rules, pins, p, meta.is_dir()) {
@@ -57,10 +60,11 @@ pub fn settle(rules: &AccessRules, pins: &Pins, path: &Path) -> io::Result<()> {
                 if (meta.uid(), meta.gid(), mode) != (a.uid, a.gid, a.mode) {
                     std::os::unix::fs::lchown(p, Some(a.uid), Some(a.gid))?;
                     fs::set_permissions(p, fs::Permissions::from_mode(a.mode))?;
+                    fixed = true;
                 }
             }
         }
-        if p == pins.root {
+        if p == pins.root || (p != path && !fixed) {
             break;
         }
         cur = p.parent();
