@@ -11,7 +11,7 @@ use aya::{
 };
 use cgacct_common::health;
 
-use super::load::{load_one, Job, Loaded};
+use super::load::{load_one, pin_program, Job, Loaded};
 use crate::{
     bpffs::Pins,
     object::{self, health::Hook},
@@ -28,14 +28,20 @@ pub fn configure<'a>(loader: &mut EbpfLoader<'a>, k: &'a HealthKernel) {
 }
 
 /// Pins the health programs this kernel has hooks for, as loaded (by
-/// `load::load_programs`, which takes their results out of `loaded`); one
-/// the kernel refused (fentry where the kernel allows no trampolines) is
-/// left out, its keys absent. Records the keys and the refused programs in
-/// `HEALTH_STATE` for the iterator, `status` and later applies. Returns a
-/// line for each key absent by a refusal that `apply` has not said yet.
-pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'_>) -> Result<Vec<String>> {
-    let mut failed = 0u32;
-    let mut refused = k.clone();
+/// `load::load_programs`, which takes their results out of `loaded`;
+/// `program` finds a loaded one); one the kernel refused (fentry where the
+/// kernel allows no trampolines) is left out, its keys absent. Returns the
+/// refused ones, for [`record`].
+pub fn pin<'p>(
+    k: &HealthKernel,
+    pins: &Pins,
+    loaded: &mut Loaded<'_>,
+    mut program: impl FnMut(&str) -> Option<&'p mut Program>,
+) -> Result<Refused> {
+    let mut refused = Refused {
+        failed: 0,
+        kernel: k.clone(),
+    };
     for (i, p) in object::health::PROGRAMS.into_iter().enumerate() {
         if !k.programs.contains(p.name) {
             continue;
@@ -45,8 +51,9 @@ pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 // A hook this kernel lists but refuses: the key goes absent.
-                failed |= 1 << i;
+                refused.failed |= 1 << i;
                 refused
+                    .kernel
                     .why
                     .insert(p.name, format!("the kernel refused it: {}", refusal(&e)));
                 if pin.exists() {
@@ -56,11 +63,24 @@ pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'
             }
             None => return Err(anyhow!("program {} was not loaded", p.name)),
         }
-        let program = ebpf
-            .program_mut(p.name)
-            .ok_or_else(|| anyhow!("program {} missing from the object", p.name))?;
-        pin_one(program, &pin)?;
+        let program = program(p.name).ok_or_else(|| anyhow!("program {} missing from the object", p.name))?;
+        pin_program(program, pins, p.name)?;
     }
+    Ok(refused)
+}
+
+/// The health programs the kernel refused at load ([`pin`]): bit `i` for
+/// `PROGRAMS[i]`, and the kernel's view with the reasons added.
+pub struct Refused {
+    failed: u32,
+    kernel: HealthKernel,
+}
+
+/// Records the keys and the refused programs in `HEALTH_STATE` for the
+/// iterator, `status` and later applies. Returns a line for each key
+/// absent by a refusal that `apply` has not said yet.
+pub fn record(ebpf: &mut Ebpf, k: &HealthKernel, refused: &Refused) -> Result<Vec<String>> {
+    let failed = refused.failed;
     let loaded = |name: &str| {
         k.programs.contains(name)
             && object::health::PROGRAMS
@@ -72,6 +92,7 @@ pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'
     // Said at plan time already: what was absent before this load.
     let before = k.keys(|n| k.wanted(n));
     let said: Vec<String> = refused
+        .kernel
         .absent(loaded)
         .into_iter()
         .filter(|line| {
@@ -91,19 +112,6 @@ pub fn pin(ebpf: &mut Ebpf, k: &HealthKernel, pins: &Pins, loaded: &mut Loaded<'
     Ok(said)
 }
 
-/// Pins `program` at `pin`, in place of what is pinned there.
-fn pin_one(program: &mut Program, pin: &Path) -> Result<()> {
-    sys::fault::step();
-    if pin.exists() {
-        fs::remove_file(pin)?;
-    }
-    sys::fault::step();
-    program
-        .pin(pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
-}
-
 /// Loads the health program `name` anew from `ebpf` (an object loaded
 /// against the pinned maps) and pins it in place of the pinned one.
 pub fn reload(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()> {
@@ -113,7 +121,7 @@ pub fn reload(ebpf: &mut Ebpf, pins: &Pins, name: &str, btf: &Btf) -> Result<()>
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
     load_one(program, Job::Health(p.hook), btf)
         .map_err(|e| anyhow!("loading {name} again: {}", refusal(&e)))?;
-    pin_one(program, &pins.prog(name))
+    pin_program(program, pins, name)
 }
 
 /// Why the kernel refused to load a program, in one line: the syscall's

@@ -17,7 +17,7 @@ use cgacct_common::globals;
 
 use super::replace;
 use crate::{
-    bpffs::Pins,
+    bpffs::{access, Pins},
     object,
     observe::{health::HealthKernel, kernel},
     spec::Layout,
@@ -26,44 +26,104 @@ use crate::{
 
 /// Loads the object: pinned maps are reused, but those being replaced,
 /// which are created new. Programs are pinned in place of the pinned ones,
-/// the iterator last (see [`object::PROGRAMS`]); on a kernel without
-/// cgroup iterators the iterator is not loaded.
+/// the last of [`object::programs`] (the iterator) last; on a kernel
+/// without cgroup iterators the iterator is not loaded. `ready` is called
+/// once every program but the last is pinned: the iterator takes the
+/// verifier longest, and what needs only the others can go on meanwhile.
 pub fn load_programs(
     layout: &Layout,
     pins: &Pins,
     replaced: &BTreeSet<String>,
     health: &HealthKernel,
     prefetch: Option<Prefetch>,
+    ready: impl FnOnce(),
 ) -> Result<Ebpf> {
     let k = kernel::features().object();
     let (loader, btf) = prefetch.unwrap_or_else(Prefetch::start).join()?;
     let mut ebpf = against_pins(loader, layout, pins, replaced, health)?;
     let btf = btf.context("reading kernel BTF")?;
+    let order = object::programs(k);
+    let (&last, early) = order
+        .split_last()
+        .ok_or_else(|| anyhow!("the object has no programs"))?;
+    let last_from = object::object_program(last, k);
     let mut jobs: Vec<(&str, Job)> = object::health::PROGRAMS
         .iter()
         .filter(|p| health.programs.contains(p.name))
         .map(|p| (p.name, Job::Health(p.hook)))
         .collect();
-    for &name in object::programs(k) {
+    for &name in order {
         jobs.push((object::object_program(name, k), Job::Object(name)));
     }
-    let mut loaded = load_at_once(&mut ebpf, &jobs, &btf)?;
-    // Before the iterator, which is pinned last.
-    for line in super::health::pin(&mut ebpf, health, pins, &mut loaded)? {
+    let (refused, last_loaded) = std::thread::scope(|scope| -> Result<_> {
+        let mut threads = Vec::new();
+        let mut last_thread = None;
+        for (name, job, program) in programs_of(&mut ebpf, &jobs)? {
+            let btf = &btf;
+            let t = scope.spawn(move || (load_one(program, job, btf), program));
+            match name == last_from {
+                true => last_thread = Some(t),
+                false => threads.push((name, t)),
+            }
+        }
+        let mut loaded = Loaded::new();
+        let mut programs = BTreeMap::new();
+        for (name, t) in threads {
+            let (r, program) = t
+                .join()
+                .map_err(|_| anyhow!("the thread loading program {name} panicked"))?;
+            loaded.insert(name, r);
+            programs.insert(name, program);
+        }
+        // Before the iterator, which is pinned last.
+        let refused = super::health::pin(health, pins, &mut loaded, |n| programs.remove(n))?;
+        for &name in early {
+            let from = object::object_program(name, k);
+            loaded_ok(loaded.remove(from), from)?;
+            let program = programs
+                .remove(from)
+                .ok_or_else(|| anyhow!("program {from} missing from the object"))?;
+            pin_program(program, pins, name)?;
+        }
+        let early_pins = early.iter().chain(health.programs.iter());
+        for pin in early_pins
+            .map(|p| pins.prog(p))
+            .chain(object::all_maps().map(|m| pins.map(m)))
+        {
+            access::settle(&layout.access, pins, &pin)?;
+        }
+        ready();
+        let last_loaded = match last_thread {
+            Some(t) => Some(
+                t.join()
+                    .map_err(|_| anyhow!("the thread loading program {last_from} panicked"))?
+                    .0,
+            ),
+            None => None,
+        };
+        Ok((refused, last_loaded))
+    })?;
+    for line in super::health::record(&mut ebpf, health, &refused)? {
         // As `cli::say`: a closed output must not stop an apply half-way.
         let _ = writeln!(std::io::stdout().lock(), "note: {line}");
     }
-    for &name in object::programs(k) {
-        let from = object::object_program(name, k);
-        match loaded.remove(from) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(anyhow::Error::from(e).context(format!("loading program {from}"))),
-            None => bail!("program {from} was not loaded"),
-        }
-        pin_loaded(&mut ebpf, pins, name, from)?;
-    }
+    loaded_ok(last_loaded, last_from)?;
+    let program = ebpf
+        .program_mut(last_from)
+        .ok_or_else(|| anyhow!("program {last_from} missing from the object"))?;
+    pin_program(program, pins, last)?;
+    access::settle(&layout.access, pins, &pins.prog(last))?;
     unpin_retired(pins)?;
     Ok(ebpf)
+}
+
+/// What loading program `from` gave, as an error where it did not load.
+fn loaded_ok(r: Option<Result<(), ProgramError>>, from: &str) -> Result<()> {
+    match r {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(anyhow::Error::from(e).context(format!("loading program {from}"))),
+        None => bail!("program {from} was not loaded"),
+    }
 }
 
 /// Unpins the maps of earlier builds that this one no longer has (the
@@ -124,11 +184,15 @@ pub enum Job {
 /// What loading each program gave, by its name in the object.
 pub type Loaded<'a> = BTreeMap<&'a str, Result<(), ProgramError>>;
 
-/// Loads the programs of `jobs` (name in the object, how) at once, one
-/// thread each, pinning nothing: as root the kernel verifies programs in
-/// parallel (the verifier's mutex is for unprivileged loads only), and
-/// `cgroup_release` alone is half the verifier's time of an apply.
-fn load_at_once<'a>(ebpf: &mut Ebpf, jobs: &[(&'a str, Job)], btf: &Btf) -> Result<Loaded<'a>> {
+/// The programs of `jobs` (name in the object, how), each with its job,
+/// to be loaded at once, one thread each: as root the kernel verifies
+/// programs in parallel (the verifier's mutex is for unprivileged loads
+/// only), and `cgroup_release` alone is half the verifier's time of an
+/// apply.
+fn programs_of<'a, 'e>(
+    ebpf: &'e mut Ebpf,
+    jobs: &[(&'a str, Job)],
+) -> Result<Vec<(&'a str, Job, &'e mut Program)>> {
     let mut programs: Vec<(&'a str, Job, &mut Program)> = Vec::new();
     for (from, program) in ebpf.programs_mut() {
         if let Some(&(name, job)) = jobs.iter().find(|(n, _)| *n == from) {
@@ -141,19 +205,7 @@ fn load_at_once<'a>(ebpf: &mut Ebpf, jobs: &[(&'a str, Job)], btf: &Btf) -> Resu
     {
         bail!("program {missing} missing from the object");
     }
-    std::thread::scope(|s| {
-        let threads: Vec<_> = programs
-            .into_iter()
-            .map(|(name, job, program)| (name, s.spawn(move || load_one(program, job, btf))))
-            .collect();
-        threads
-            .into_iter()
-            .map(|(name, t)| match t.join() {
-                Ok(r) => Ok((name, r)),
-                Err(_) => Err(anyhow!("the thread loading program {name} panicked")),
-            })
-            .collect()
-    })
+    Ok(programs)
 }
 
 /// Loads one program as `job` says.
@@ -227,12 +279,8 @@ fn against_pins(
     loader.load(object::OBJECT).context("loading the BPF object")
 }
 
-/// Pins the loaded program `from` of the object as `name`, in place of
-/// the pinned one.
-fn pin_loaded(ebpf: &mut Ebpf, pins: &Pins, name: &str, from: &str) -> Result<()> {
-    let program = ebpf
-        .program_mut(from)
-        .ok_or_else(|| anyhow!("program {from} missing from the object"))?;
+/// Pins the loaded `program` as `name`, in place of the pinned one.
+pub fn pin_program(program: &mut Program, pins: &Pins, name: &str) -> Result<()> {
     let pin = pins.prog(name);
     sys::fault::step();
     if pin.exists() {
@@ -301,4 +349,98 @@ fn shared_map(name: &str, at: &Path, shape: object::MapShape, fresh: bool) -> Re
     let c = CString::new(at.as_os_str().as_encoded_bytes())?;
     sys::bpf::obj_pin(fd.as_fd(), &c).with_context(|| format!("pinning {}", at.display()))?;
     Ok(())
+}
+
+/// A load of the programs on a thread of its own: started by the
+/// `LoadPrograms` action, which returns once every program but the last
+/// is pinned; what needs the last one (the stats files) or the loaded
+/// object waits for it. Shared by the threads of one `execute`.
+#[derive(Default)]
+pub struct Pending<'scope> {
+    state: std::sync::Mutex<State<'scope>>,
+}
+
+#[derive(Default)]
+enum State<'scope> {
+    #[default]
+    Idle,
+    Running(std::thread::ScopedJoinHandle<'scope, Result<Ebpf>>),
+    Loaded(Ebpf),
+    /// Its error went to the first to wait.
+    Failed,
+}
+
+impl<'scope> Pending<'scope> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State<'scope>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `load` (given the function it calls when the early programs
+    /// are pinned) on a thread of `scope`; returns when that function is
+    /// called, or with the error of a load that stopped before it.
+    pub fn start<'env>(
+        &self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        load: impl FnOnce(&dyn Fn()) -> Result<Ebpf> + Send + 'scope,
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = scope.spawn(move || {
+            load(&|| {
+                // The receiver waits until this is sent or the thread ends.
+                let _ = tx.send(());
+            })
+        });
+        if rx.recv().is_ok() {
+            *self.state() = State::Running(t);
+            return Ok(());
+        }
+        match t.join() {
+            Ok(Ok(ebpf)) => {
+                *self.state() = State::Loaded(ebpf);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                *self.state() = State::Failed;
+                Err(e)
+            }
+            Err(_) => Err(anyhow!("the thread loading the programs panicked")),
+        }
+    }
+
+    /// Waits for a load in progress to end: its error, the first time.
+    pub fn wait(&self) -> Result<()> {
+        let mut state = self.state();
+        match std::mem::take(&mut *state) {
+            State::Running(t) => {
+                let r = t
+                    .join()
+                    .map_err(|_| anyhow!("the thread loading the programs panicked"))
+                    .and_then(|r| r);
+                match r {
+                    Ok(ebpf) => *state = State::Loaded(ebpf),
+                    Err(e) => {
+                        *state = State::Failed;
+                        return Err(e);
+                    }
+                }
+            }
+            State::Failed => {
+                *state = State::Failed;
+                bail!("the programs did not load (see the error above)");
+            }
+            other => *state = other,
+        }
+        Ok(())
+    }
+
+    /// `f` on the object this run loaded, once its load has ended.
+    pub fn with_object<R>(&self, f: impl FnOnce(&mut Ebpf) -> Result<R>) -> Result<R> {
+        self.wait()?;
+        match &mut *self.state() {
+            State::Loaded(ebpf) => f(ebpf),
+            _ => bail!("the programs are not loaded yet"),
+        }
+    }
 }

@@ -5,12 +5,9 @@
 use std::{collections::BTreeSet, ffi::CString, fs, io, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{
-    programs::{
-        links::CgroupAttachMode, links::FdLink, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter,
-        SchedClassifier,
-    },
-    Ebpf,
+use aya::programs::{
+    links::CgroupAttachMode, links::FdLink, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter,
+    SchedClassifier,
 };
 use cgacct_common::programs as prog;
 
@@ -20,7 +17,6 @@ use crate::{
         names::{self, LINKS_DIR, MAPS_DIR, PROGS_DIR},
         Direction, Pins,
     },
-    object,
     observe::Observed,
     plan::Action,
     spec::Layout,
@@ -90,36 +86,68 @@ pub fn execute(
             .and_then(|()| access::settle(&layout.access, pins, &dir))
             .map_err(|e| partial(0, anyhow!("creating {}: {e}", dir.display())))?;
     }
-    // Opened at the first TCX attachment, closed (dropped) on every return.
-    let mut window: Option<Option<expedite::Window>> = None;
-    let mut done = 0;
-    while done < total {
-        let action = &actions[done];
-        if window.is_none() && matches!(action, Action::AttachTc { .. }) {
-            window = Some(expedite_window(layout, o, &actions[done..], &mut note));
-        }
-        if let Some((tc, cg)) = side_by_side(&actions[done..]) {
-            let (first, second) = actions[done..done + cg].split_at(tc);
-            let (n, failed) = run_side_by_side(layout, o, &mut s, first, second, &mut report);
-            if let Some(e) = failed {
-                return Err(partial(done + n, e));
+    std::thread::scope(|scope| {
+        let sh = Shared {
+            scope,
+            load: load::Pending::default(),
+        };
+        // Opened at the first TCX attachment, closed (dropped) on every return.
+        let mut window: Option<Option<expedite::Window>> = None;
+        let mut done = 0;
+        while done < total {
+            let action = &actions[done];
+            if window.is_none() && matches!(action, Action::AttachTc { .. }) {
+                window = Some(expedite_window(layout, o, &actions[done..], &mut note));
             }
-            done += cg;
-            continue;
+            if let Some((tc, cg)) = side_by_side(&actions[done..]) {
+                let (first, second) = actions[done..done + cg].split_at(tc);
+                let (n, failed) = run_side_by_side(layout, o, &mut s, &sh, first, second, &mut report);
+                if let Some(e) = failed {
+                    return Err(partial(done + n, e));
+                }
+                done += cg;
+                continue;
+            }
+            step(layout, o, &mut s, &sh, action).map_err(|e| partial(done, e))?;
+            report(action);
+            done += 1;
         }
-        step(layout, o, &mut s, action).map_err(|e| partial(done, e))?;
-        report(action);
-        done += 1;
-    }
-    Ok(())
+        sh.load.wait().map_err(|e| partial(done, e))
+    })
+}
+
+/// What the threads of one `execute` share: the scope the program load
+/// runs on, and that load.
+struct Shared<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    load: load::Pending<'scope>,
 }
 
 /// One action, unless a signal asked to stop.
-fn step(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Result<()> {
+fn step<'scope, 'env: 'scope>(
+    layout: &'env Layout,
+    o: &'env Observed,
+    s: &mut Session,
+    sh: &Shared<'scope, 'env>,
+    action: &Action,
+) -> Result<()> {
     if let Some(sig) = expedite::Window::interrupted() {
         return Err(anyhow!("stopped by signal {sig}"));
     }
-    run(layout, o, s, action).with_context(|| format!("failed to {action}"))
+    run(layout, o, s, sh, action).with_context(|| format!("failed to {action}"))
+}
+
+/// Whether `action` can run while the last program still loads: it needs
+/// only programs pinned before it.
+fn runs_beside_load(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::LoadPrograms { .. }
+            | Action::AttachTc { .. }
+            | Action::AttachCgroup { .. }
+            | Action::AttachRmdir { .. }
+            | Action::AttachRelease { .. }
+    )
 }
 
 /// Where `actions` start with TC attachments followed by cgroup
@@ -142,10 +170,11 @@ fn side_by_side(actions: &[Action]) -> Option<(usize, usize)> {
 /// and reports those done, `first`'s as they are done, then `second`'s. A
 /// failure on either side stops both after their current action: the
 /// number done and the first error.
-fn run_side_by_side(
-    layout: &Layout,
-    o: &Observed,
+fn run_side_by_side<'scope, 'env: 'scope>(
+    layout: &'env Layout,
+    o: &'env Observed,
     s: &mut Session,
+    sh: &Shared<'scope, 'env>,
     first: &[Action],
     second: &[Action],
     report: &mut impl FnMut(&Action),
@@ -162,7 +191,7 @@ fn run_side_by_side(
                 if stopped() {
                     return (n, None);
                 }
-                if let Err(e) = step(layout, o, &mut s, a) {
+                if let Err(e) = step(layout, o, &mut s, sh, a) {
                     stop_both();
                     return (n, Some(e));
                 }
@@ -175,7 +204,7 @@ fn run_side_by_side(
             if stopped() {
                 break;
             }
-            if let Err(e) = step(layout, o, s, a) {
+            if let Err(e) = step(layout, o, s, sh, a) {
                 stop_both();
                 failed = Some(e);
                 break;
@@ -229,36 +258,30 @@ struct Session {
     tc: [Option<SchedClassifier>; 2],
     cg: [Option<CgroupSkb>; 2],
     iter: Option<Iter>,
-    /// The object loaded by this run, holding the new maps until pinned.
-    loaded: Option<Ebpf>,
     /// Maps being replaced: not reused at load.
     replaced: BTreeSet<String>,
     /// The kernel's BTF, parsed ahead for the load.
     prefetch: Option<load::Prefetch>,
 }
 
-fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Result<()> {
+fn run<'scope, 'env: 'scope>(
+    layout: &'env Layout,
+    o: &'env Observed,
+    s: &mut Session,
+    sh: &Shared<'scope, 'env>,
+    action: &Action,
+) -> Result<()> {
     let pins = &o.pins;
+    if !runs_beside_load(action) {
+        sh.load.wait()?;
+    }
     match action {
         Action::LoadPrograms { .. } => {
-            s.loaded = Some(load::load_programs(
-                layout,
-                pins,
-                &s.replaced,
-                &o.held.health,
-                s.prefetch.take(),
-            )?);
-            for p in object::programs(o.kernel.object())
-                .iter()
-                .copied()
-                .chain(o.held.health.programs.iter().copied())
-            {
-                access::settle(&layout.access, pins, &pins.prog(p))?;
-            }
-            for m in object::all_maps() {
-                access::settle(&layout.access, pins, &pins.map(m))?;
-            }
-            Ok(())
+            let replaced = s.replaced.clone();
+            let prefetch = s.prefetch.take();
+            sh.load.start(sh.scope, move |ready| {
+                load::load_programs(layout, pins, &replaced, &o.held.health, prefetch, ready)
+            })
         }
         Action::ReplaceMap {
             map,
@@ -266,14 +289,12 @@ fn run(layout: &Layout, o: &Observed, s: &mut Session, action: &Action) -> Resul
             keep_counters,
             ..
         } => {
-            let ebpf = s
-                .loaded
-                .as_mut()
-                .ok_or_else(|| anyhow!("a map is replaced only after the programs are loaded"))?;
-            let new = ebpf
-                .map_mut(map)
-                .ok_or_else(|| anyhow!("map {map} missing from the object"))?;
-            replace::replace_map(map, pin, new, *keep_counters)?;
+            sh.load.with_object(|ebpf| {
+                let new = ebpf
+                    .map_mut(map)
+                    .ok_or_else(|| anyhow!("map {map} missing from the object"))?;
+                replace::replace_map(map, pin, new, *keep_counters)
+            })?;
             Ok(access::settle(&layout.access, pins, pin)?)
         }
         Action::UpdateLink { pin, program } => update_link(pins, pin, program),
