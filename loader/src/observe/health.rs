@@ -171,6 +171,27 @@ pub fn probe() -> Result<HealthKernel> {
     Ok(probe_btf(kernel_btf()?))
 }
 
+/// Every type name [`probe_btf`] looks up, the structs its offsets pass
+/// through included: for one scan of the kernel's BTF
+/// ([`KernelBtf::prefetch`]). A name missing here costs a scan of its own.
+pub fn btf_names() -> Vec<String> {
+    let mut names: Vec<String> = OFFSETS.iter().map(|(_, strukt, _)| strukt.to_string()).collect();
+    names.extend(
+        [
+            "sock_common",
+            "tcp_skb_cb",
+            "skb_drop_reason",
+            "btf_trace_tcp_retransmit_skb",
+        ]
+        .map(String::from),
+    );
+    names.extend(PROGRAMS.iter().map(|p| match p.hook {
+        Hook::FEntry(f) => f.to_string(),
+        Hook::Tracepoint(t) => format!("btf_trace_{t}"),
+    }));
+    names
+}
+
 pub fn probe_btf(btf: &KernelBtf) -> HealthKernel {
     let not_specified = drop_reasons(btf)
         .into_iter()

@@ -124,6 +124,16 @@ fn has_enum_value(btf: &KernelBtf, enum_name: &str, member: &str) -> bool {
     })
 }
 
+/// The type names [`features`] and [`offsets`] look up (see
+/// [`KernelBtf::prefetch`]).
+pub const BTF_NAMES: [&str; 5] = [
+    "bpf_iter_cgroup",
+    "bpf_func_id",
+    "cgroup",
+    "kernfs_node",
+    "cgroup_root",
+];
+
 /// The running kernel's BTF, as opened by [`kernel_btf`].
 pub struct KernelBtf {
     btf: Btf,
@@ -153,6 +163,48 @@ impl KernelBtf {
         let types = self.btf.resolve_types_by_name(name)?;
         by_name.insert(name.to_string(), types.clone());
         Ok(types)
+    }
+
+    /// Looks up every type of `names` in one scan of the file, for
+    /// [`types`](Self::types) to answer from then on: an apply asks for
+    /// about twenty, and each scan of its own costs as much as all of
+    /// them at once. Where a step fails, nothing is kept: each name is
+    /// then looked up by itself.
+    pub fn prefetch<S: AsRef<str>>(&self, names: &[S]) {
+        let mut by_name = self
+            .by_name
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut found: HashMap<String, Vec<Type>> = names
+            .iter()
+            .map(|n| n.as_ref())
+            .filter(|n| !by_name.contains_key(*n))
+            .map(|n| (n.to_string(), Vec::new()))
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        let alternatives: Vec<String> = found.keys().map(|n| regex::escape(n)).collect();
+        let Ok(re) = regex::Regex::new(&format!("^(?:{})$", alternatives.join("|"))) else {
+            return;
+        };
+        let Ok(ids) = self.btf.resolve_ids_by_regex(&re) else {
+            return;
+        };
+        // In the order of their ids, as a lookup of one name gives them.
+        for id in ids {
+            let Ok(ty) = self.btf.resolve_type_by_id(id) else {
+                return;
+            };
+            let Some(Ok(name)) = ty.as_btf_type().map(|t| self.btf.resolve_name(t)) else {
+                return;
+            };
+            match found.get_mut(&name) {
+                Some(types) => types.push(ty),
+                None => return,
+            }
+        }
+        by_name.extend(found);
     }
 }
 
@@ -304,4 +356,34 @@ pub fn check() -> Result<()> {
     offsets()?;
     program_cpus()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs no privilege, only the running kernel's BTF file.
+    #[test]
+    fn prefetched_types_are_those_of_lookups_one_by_one() {
+        let (Ok(a), Ok(b)) = (open_btf(), open_btf()) else {
+            eprintln!("skipped: no kernel BTF at {VMLINUX_BTF}");
+            return;
+        };
+        let (one_by_one, prefetched) = (KernelBtf::new(a), KernelBtf::new(b));
+        let mut names: Vec<String> = crate::observe::health::btf_names();
+        names.extend(BTF_NAMES.map(String::from));
+        names.push("cgacct_no_such_type".into());
+        prefetched.prefetch(&names);
+        let cached = prefetched.by_name.lock().map(|m| m.len()).unwrap_or(0);
+        assert_eq!(cached, names.len(), "one scan answers every name");
+        for name in &names {
+            let want = one_by_one.types(name).expect("lookup");
+            assert_eq!(prefetched.types(name).expect("prefetched"), want, "{name}");
+        }
+        assert!(prefetched
+            .types("cgacct_no_such_type")
+            .expect("lookup")
+            .is_empty());
+        assert!(!prefetched.types("sock").expect("lookup").is_empty());
+    }
 }

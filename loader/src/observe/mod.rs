@@ -94,6 +94,11 @@ impl Observed {
             let cgroups = s.spawn(|| host::cgroups(&cgroup_mount));
             let tree = s.spawn(|| Tree::read(&pins));
             let health = s.spawn(|| {
+                if let Ok(btf) = kernel::kernel_btf() {
+                    let mut names = health::btf_names();
+                    names.extend(kernel::BTF_NAMES.map(String::from));
+                    btf.prefetch(&names);
+                }
                 let h = health::probe();
                 kernel::features();
                 h
