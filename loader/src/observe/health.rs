@@ -189,6 +189,8 @@ pub fn btf_names() -> Vec<String> {
         Hook::FEntry(f) => f.to_string(),
         Hook::Tracepoint(t) => format!("btf_trace_{t}"),
     }));
+    names.sort();
+    names.dedup();
     names
 }
 
