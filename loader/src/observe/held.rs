@@ -67,27 +67,23 @@ pub struct Held {
     pub health: super::health::HealthKernel,
 }
 
-/// Reads a pinned link; `None` if the pin is not a link we can read.
-pub fn read_link(pin: &Path) -> Result<Option<LinkState>> {
+/// What the link pin at `pin` holds: a link, or under `links/tc` a clsact
+/// marker with its filter's state; None for anything else. The pin is
+/// opened once.
+pub fn read_pin(pins: &Pins, pin: &Path, interfaces: &[Interface]) -> Result<Option<LinkState>> {
     let Ok(fd) = sys::bpf::obj_get(pin) else {
         return Ok(None);
     };
-    // The info call answers for any kind of object: ask for links only.
-    if sys::bpf::fd_kind(fd.as_fd())? != sys::bpf::ObjectKind::Link {
-        return Ok(None);
+    match sys::bpf::fd_kind(fd.as_fd())? {
+        sys::bpf::ObjectKind::Link => Ok(sys::bpf::link_state(fd.as_fd()).ok()),
+        sys::bpf::ObjectKind::Program if pin.starts_with(pins.tc_links()) => {
+            let prog_id = sys::bpf::prog_id(fd.as_fd())
+                .with_context(|| format!("reading pinned program {}", pin.display()))?;
+            let ifindex_of = |name: &str| interfaces.iter().find(|i| i.name == name).map(|i| i.ifindex);
+            tc::filters::marker_state(pins, pin, prog_id, ifindex_of).map(Some)
+        }
+        _ => Ok(None),
     }
-    Ok(sys::bpf::link_state(fd.as_fd()).ok())
-}
-
-/// What the link pin at `pin` holds: a link, or under `links/tc` a clsact
-/// marker with its filter's state; None for anything else.
-pub fn read_pin(pins: &Pins, pin: &Path, interfaces: &[Interface]) -> Result<Option<LinkState>> {
-    let state = read_link(pin)?;
-    if state.is_some() || !pin.starts_with(pins.tc_links()) {
-        return Ok(state);
-    }
-    let ifindex_of = |name: &str| interfaces.iter().find(|i| i.name == name).map(|i| i.ifindex);
-    tc::filters::marker_state(pins, pin, ifindex_of)
 }
 
 /// What the kernel holds under the root, from the walk `tree` of it;

@@ -20,6 +20,7 @@ use aya_obj::generated::{
     bpf_attach_type::{self, BPF_TCX_INGRESS, BPF_TRACE_ITER},
     bpf_attr, bpf_cmd, bpf_link_info,
     bpf_link_type::{BPF_LINK_TYPE_CGROUP, BPF_LINK_TYPE_ITER, BPF_LINK_TYPE_TCX},
+    bpf_prog_info,
     bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
 };
 
@@ -255,6 +256,18 @@ pub fn link_state(link: BorrowedFd<'_>) -> Result<LinkState, SysError> {
         prog_id: info.prog_id,
         target,
     })
+}
+
+/// The id of program `prog` (`BPF_OBJ_GET_INFO_BY_FD`).
+pub fn prog_id(prog: BorrowedFd<'_>) -> Result<u32, SysError> {
+    // SAFETY: a C struct of integers: all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = prog.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
 }
 
 /// `BPF_OBJ_GET`: opens a pinned object (read-only use; changes nothing).

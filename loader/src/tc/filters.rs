@@ -20,17 +20,15 @@ use crate::{
     },
 };
 
-/// What the clsact marker at `pin` (under `links/tc`) holds, for
-/// `observe`: its program and whether its filter is in place. None
-/// when the pin is not a marker.
+/// What the clsact marker at `pin` (under `links/tc`, pinning program
+/// `prog_id`) holds, for `observe`: its program and whether its filter is
+/// in place.
 pub fn marker_state(
     pins: &Pins,
     pin: &Path,
+    prog_id: u32,
     ifindex_of: impl Fn(&str) -> Option<u32>,
-) -> Result<Option<LinkState>> {
-    let Some(prog_id) = marker_program(pin)? else {
-        return Ok(None);
-    };
+) -> Result<LinkState> {
     let mut attached = false;
     if let Some((name, direction)) = hook_of(pins, pin) {
         if let Some(ifindex) = ifindex_of(&name) {
@@ -39,11 +37,11 @@ pub fn marker_state(
                 .any(|f| f.prog_id == Some(prog_id));
         }
     }
-    Ok(Some(LinkState {
+    Ok(LinkState {
         id: 0,
         prog_id,
         target: LinkTarget::Clsact { attached },
-    }))
+    })
 }
 
 /// The program id of a clsact marker at `pin`; None for anything else.
@@ -147,11 +145,33 @@ pub fn bpf_filters(ifindex: u32, direction: Direction) -> Result<Vec<Filter>> {
     packet.serialize(&mut buf);
 
     let netlink = |e: io::Error| anyhow!("listing tc filters over rtnetlink: {e}");
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(netlink)?;
-    socket.bind_auto().map_err(netlink)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(netlink)?;
+    // One socket per thread for every dump: an observe of a thousand
+    // clsact interfaces makes two thousand. A socket is kept only after a
+    // dump read to its end, so no reply of one dump is read by the next.
+    thread_local! {
+        static SOCKET: std::cell::RefCell<Option<Socket>> = const { std::cell::RefCell::new(None) };
+    }
+    let socket = match SOCKET.with_borrow_mut(Option::take) {
+        Some(socket) => socket,
+        None => {
+            let mut socket = Socket::new(NETLINK_ROUTE).map_err(netlink)?;
+            socket.bind_auto().map_err(netlink)?;
+            socket.connect(&SocketAddr::new(0, 0)).map_err(netlink)?;
+            socket
+        }
+    };
     socket.send(&buf, 0).map_err(netlink)?;
+    let (out, ended) = read_dump(&socket)?;
+    if ended {
+        SOCKET.set(Some(socket));
+    }
+    Ok(out)
+}
 
+/// The bpf filters of one dump's replies on `socket`, and whether the
+/// dump was read to its end.
+fn read_dump(socket: &Socket) -> Result<(Vec<Filter>, bool)> {
+    let netlink = |e: io::Error| anyhow!("listing tc filters over rtnetlink: {e}");
     let mut out = Vec::new();
     loop {
         let (data, _) = socket.recv_from_full().map_err(netlink)?;
@@ -161,13 +181,13 @@ pub fn bpf_filters(ifindex: u32, direction: Direction) -> Result<Vec<Filter>> {
                 .map_err(|e| anyhow!("decoding an rtnetlink reply: {e}"))?;
             let len = reply.header.length as usize;
             match reply.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Done(_) => return Ok((out, offset + len >= data.len())),
                 NetlinkPayload::Error(e) if e.code.is_none() => {}
                 NetlinkPayload::Error(e) => {
                     let err = e.to_io();
                     // No clsact qdisc (or no such hook): no filters.
                     if matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-                        return Ok(out);
+                        return Ok((out, offset + len >= data.len()));
                     }
                     return Err(netlink(err));
                 }
