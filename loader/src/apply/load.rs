@@ -405,7 +405,10 @@ impl<'scope> Pending<'scope> {
                 *self.state() = State::Failed;
                 Err(e)
             }
-            Err(_) => Err(anyhow!("the thread loading the programs panicked")),
+            Err(_) => {
+                *self.state() = State::Failed;
+                Err(anyhow!("the thread loading the programs panicked"))
+            }
         }
     }
 

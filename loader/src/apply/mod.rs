@@ -88,6 +88,8 @@ pub fn execute(
     }
     std::thread::scope(|scope| {
         let sh = Shared {
+            layout,
+            o,
             scope,
             load: load::Pending::default(),
         };
@@ -101,14 +103,14 @@ pub fn execute(
             }
             if let Some((tc, cg)) = side_by_side(&actions[done..]) {
                 let (first, second) = actions[done..done + cg].split_at(tc);
-                let (n, failed) = run_side_by_side(layout, o, &mut s, &sh, first, second, &mut report);
+                let (n, failed) = run_side_by_side(&mut s, &sh, first, second, &mut report);
                 if let Some(e) = failed {
                     return Err(partial(done + n, e));
                 }
                 done += cg;
                 continue;
             }
-            step(layout, o, &mut s, &sh, action).map_err(|e| partial(done, e))?;
+            step(&mut s, &sh, action).map_err(|e| partial(done, e))?;
             report(action);
             done += 1;
         }
@@ -116,25 +118,21 @@ pub fn execute(
     })
 }
 
-/// What the threads of one `execute` share: the scope the program load
-/// runs on, and that load.
+/// What the threads of one `execute` share: the layout, what was
+/// observed, the scope the program load runs on, and that load.
 struct Shared<'scope, 'env> {
+    layout: &'env Layout,
+    o: &'env Observed,
     scope: &'scope std::thread::Scope<'scope, 'env>,
     load: load::Pending<'scope>,
 }
 
 /// One action, unless a signal asked to stop.
-fn step<'scope, 'env: 'scope>(
-    layout: &'env Layout,
-    o: &'env Observed,
-    s: &mut Session,
-    sh: &Shared<'scope, 'env>,
-    action: &Action,
-) -> Result<()> {
+fn step(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<()> {
     if let Some(sig) = expedite::Window::interrupted() {
         return Err(anyhow!("stopped by signal {sig}"));
     }
-    run(layout, o, s, sh, action).with_context(|| format!("failed to {action}"))
+    run(s, sh, action).with_context(|| format!("failed to {action}"))
 }
 
 /// Whether `action` can run while the last program still loads: it needs
@@ -170,11 +168,9 @@ fn side_by_side(actions: &[Action]) -> Option<(usize, usize)> {
 /// and reports those done, `first`'s as they are done, then `second`'s. A
 /// failure on either side stops both after their current action: the
 /// number done and the first error.
-fn run_side_by_side<'scope, 'env: 'scope>(
-    layout: &'env Layout,
-    o: &'env Observed,
+fn run_side_by_side(
     s: &mut Session,
-    sh: &Shared<'scope, 'env>,
+    sh: &Shared<'_, '_>,
     first: &[Action],
     second: &[Action],
     report: &mut impl FnMut(&Action),
@@ -191,7 +187,7 @@ fn run_side_by_side<'scope, 'env: 'scope>(
                 if stopped() {
                     return (n, None);
                 }
-                if let Err(e) = step(layout, o, &mut s, sh, a) {
+                if let Err(e) = step(&mut s, sh, a) {
                     stop_both();
                     return (n, Some(e));
                 }
@@ -204,7 +200,7 @@ fn run_side_by_side<'scope, 'env: 'scope>(
             if stopped() {
                 break;
             }
-            if let Err(e) = step(layout, o, s, sh, a) {
+            if let Err(e) = step(s, sh, a) {
                 stop_both();
                 failed = Some(e);
                 break;
@@ -264,13 +260,8 @@ struct Session {
     prefetch: Option<load::Prefetch>,
 }
 
-fn run<'scope, 'env: 'scope>(
-    layout: &'env Layout,
-    o: &'env Observed,
-    s: &mut Session,
-    sh: &Shared<'scope, 'env>,
-    action: &Action,
-) -> Result<()> {
+fn run(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<()> {
+    let (layout, o) = (sh.layout, sh.o);
     let pins = &o.pins;
     if !runs_beside_load(action) {
         sh.load.wait()?;

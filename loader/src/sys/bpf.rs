@@ -223,15 +223,21 @@ pub const TCX_EGRESS: u32 = bpf_attach_type::BPF_TCX_EGRESS as u32;
 pub const CGROUP_INGRESS: u32 = bpf_attach_type::BPF_CGROUP_INET_INGRESS as u32;
 pub const CGROUP_EGRESS: u32 = bpf_attach_type::BPF_CGROUP_INET_EGRESS as u32;
 
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (the kernel's info struct for
+/// the kind of object `fd` is).
+fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> Result<(), SysError> {
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<T>() as u32;
+    attr.info.info = std::ptr::from_mut(info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
+}
+
 /// `BPF_OBJ_GET_INFO_BY_FD` of a link.
 pub fn link_state(link: BorrowedFd<'_>) -> Result<LinkState, SysError> {
     // SAFETY: a C struct of integers and unions of integers: all-zero is valid.
     let mut info: bpf_link_info = unsafe { mem::zeroed() };
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = link.as_raw_fd() as u32;
-    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
-    attr.info.info = std::ptr::from_mut(&mut info) as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    obj_info(link, &mut info)?;
     // SAFETY: reading the union member that `type_` says the kernel filled.
     let target = unsafe {
         let u = &info.__bindgen_anon_1;
@@ -262,11 +268,7 @@ pub fn link_state(link: BorrowedFd<'_>) -> Result<LinkState, SysError> {
 pub fn prog_id(prog: BorrowedFd<'_>) -> Result<u32, SysError> {
     // SAFETY: a C struct of integers: all-zero is valid.
     let mut info: bpf_prog_info = unsafe { mem::zeroed() };
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = prog.as_raw_fd() as u32;
-    attr.info.info_len = mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = std::ptr::from_mut(&mut info) as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    obj_info(prog, &mut info)?;
     Ok(info.id)
 }
 
@@ -528,17 +530,6 @@ pub enum ObjectKind {
     Link,
     Map,
     Other,
-}
-
-/// Opens the pin at `path` with `BPF_OBJ_GET` and tells its kind from the
-/// fd's anon inode name (`anon_inode:bpf-prog`, `bpf-link` or `bpf_link`, `bpf-map`):
-/// bpf's info call does not say, it answers for whatever the fd is.
-pub fn object_kind(path: &CStr) -> Result<ObjectKind, SysError> {
-    // SAFETY: a C union of integers: all-zero is valid.
-    let mut attr: bpf_attr = unsafe { mem::zeroed() };
-    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
-    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
-    fd_kind(owned(fd).as_fd())
 }
 
 /// What kind of bpf object `fd` is, from its anon inode name.

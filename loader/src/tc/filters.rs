@@ -1,9 +1,9 @@
 //! What is attached at TC: clsact bpf filters (read over rtnetlink), clsact
 //! markers under `links/tc`, and cgacct's programs on an interface.
-use std::{ffi::CString, fs, io, path::Path};
+use std::{fs, io, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::programs::{ProgramInfo, SchedClassifier};
+use aya::programs::SchedClassifier;
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
@@ -46,13 +46,13 @@ pub fn marker_state(
 
 /// The program id of a clsact marker at `pin`; None for anything else.
 pub(super) fn marker_program(pin: &Path) -> Result<Option<u32>> {
-    let c = CString::new(pin.as_os_str().as_encoded_bytes())?;
-    match sys::bpf::object_kind(&c).with_context(|| format!("opening pin {}", pin.display()))? {
-        ObjectKind::Program => Ok(Some(
-            ProgramInfo::from_pin(pin)
-                .with_context(|| format!("reading pinned program {}", pin.display()))?
-                .id(),
-        )),
+    let fd = sys::bpf::obj_get(pin).with_context(|| format!("opening pin {}", pin.display()))?;
+    match sys::bpf::fd_kind(fd.as_fd())? {
+        ObjectKind::Program => {
+            Ok(Some(sys::bpf::prog_id(fd.as_fd()).with_context(|| {
+                format!("reading pinned program {}", pin.display())
+            })?))
+        }
         _ => Ok(None),
     }
 }
@@ -144,7 +144,6 @@ pub fn bpf_filters(ifindex: u32, direction: Direction) -> Result<Vec<Filter>> {
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
 
-    let netlink = |e: io::Error| anyhow!("listing tc filters over rtnetlink: {e}");
     // One socket per thread for every dump: an observe of a thousand
     // clsact interfaces makes two thousand. A socket is kept only after a
     // dump read to its end, so no reply of one dump is read by the next.
@@ -171,7 +170,6 @@ pub fn bpf_filters(ifindex: u32, direction: Direction) -> Result<Vec<Filter>> {
 /// The bpf filters of one dump's replies on `socket`, and whether the
 /// dump was read to its end.
 fn read_dump(socket: &Socket) -> Result<(Vec<Filter>, bool)> {
-    let netlink = |e: io::Error| anyhow!("listing tc filters over rtnetlink: {e}");
     let mut out = Vec::new();
     loop {
         let (data, _) = socket.recv_from_full().map_err(netlink)?;
@@ -204,6 +202,10 @@ fn read_dump(socket: &Socket) -> Result<(Vec<Filter>, bool)> {
             offset += len;
         }
     }
+}
+
+fn netlink(e: io::Error) -> anyhow::Error {
+    anyhow!("listing tc filters over rtnetlink: {e}")
 }
 
 fn bpf_filter(m: &TcMessage) -> Option<Filter> {
