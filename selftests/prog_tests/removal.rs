@@ -531,3 +531,77 @@ fn rmdir_in_a_v1_hierarchy_leaves_cgroup2_alone() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Containers come and go while `plan` and `apply` read the host: a cgroup
+/// opened and then removed before its hooks are queried is one that is
+/// gone, not an error (the kernel answers ENOENT for a dying cgroup).
+#[test]
+fn plan_and_apply_read_a_host_whose_cgroups_come_and_go() {
+    use std::{
+        os::fd::AsFd as _,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+    };
+
+    use cgacct_pin::sys::bpf::{self as sys, Hook};
+
+    require_kernel!();
+    let w = World::new(&["jobs.slice"]);
+    w.write_layout();
+    w.apply();
+    crate::world::subtest("a_dying_cgroup_answers_enoent", || {
+        let path = w.cgroup_mount.join(w.cgroup("dying"));
+        fs::create_dir(&path).expect("mkdir");
+        let dir = fs::File::open(&path).expect("open cgroup");
+        fs::remove_dir(&path).expect("rmdir");
+        let err = sys::prog_query(Hook::Cgroup(dir.as_fd()), sys::CGROUP_INGRESS)
+            .expect_err("a removed cgroup cannot be queried");
+        assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    });
+    crate::world::subtest("plans_while_cgroups_churn", || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let base = w.cgroup_mount.join(w.cgroup("jobs.slice"));
+        let churn = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut made = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let dirs: Vec<PathBuf> = (0..32).map(|i| base.join(format!("job{i}"))).collect();
+                    for d in &dirs {
+                        if fs::create_dir(d).is_ok() {
+                            made += 1;
+                        }
+                    }
+                    for d in &dirs {
+                        let _ = fs::remove_dir(d);
+                    }
+                }
+                made
+            })
+        };
+        let mut failures = Vec::new();
+        let mut skipped = 0;
+        let rounds = 40;
+        for round in 0..rounds {
+            let verb = if round % 2 == 0 { "plan" } else { "apply" };
+            let out = w.try_cgacct(&[verb, w.layout_arg()], &[]);
+            let said = String::from_utf8_lossy(&out.stdout);
+            skipped += said.lines().filter(|l| l.starts_with("skipped: ")).count();
+            if !out.status.success() {
+                failures.push(format!("{verb}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let made = churn.join().expect("churn thread");
+        eprintln!(
+            "{rounds} plans and applies while {made} cgroups came and went: {} failed, {skipped} actions skipped as gone",
+            failures.len()
+        );
+        assert!(made > 0, "no cgroup was made: the churn did not run");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+    w.apply();
+    w.assert_converged(2);
+}

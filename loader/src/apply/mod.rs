@@ -31,6 +31,7 @@ pub mod classes;
 pub mod destroy;
 pub mod detach;
 pub mod expedite;
+pub mod gone;
 pub mod health;
 pub mod load;
 pub mod owners;
@@ -38,6 +39,7 @@ pub mod prune;
 pub mod replace;
 
 pub use destroy::destroy;
+pub use gone::Outcome;
 
 /// How far `execute` got when an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,8 @@ pub struct Partial {
     pub source: anyhow::Error,
 }
 
-/// Runs `actions` in order, calling `report` after each one succeeds and
+/// Runs `actions` in order, calling `report` after each one ends (done, or
+/// skipped because its cgroup or interface went away meanwhile) and
 /// `note` with a line about how they run (expedited grace periods);
 /// `prefetch`: the kernel's BTF, parsed since before the plan.
 pub fn execute(
@@ -56,7 +59,7 @@ pub fn execute(
     o: &Observed,
     actions: &[Action],
     prefetch: Option<load::Prefetch>,
-    mut report: impl FnMut(&Action),
+    mut report: impl FnMut(&Action, &Outcome),
     mut note: impl FnMut(&str),
 ) -> Result<(), Partial> {
     let total = actions.len();
@@ -110,8 +113,8 @@ pub fn execute(
                 done += cg;
                 continue;
             }
-            step(&mut s, &sh, action).map_err(|e| partial(done, e))?;
-            report(action);
+            let outcome = step(&mut s, &sh, action).map_err(|e| partial(done, e))?;
+            report(action, &outcome);
             done += 1;
         }
         sh.load.wait().map_err(|e| partial(done, e))
@@ -127,12 +130,22 @@ struct Shared<'scope, 'env> {
     load: load::Pending<'scope>,
 }
 
-/// One action, unless a signal asked to stop.
-fn step(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<()> {
+/// One action, unless a signal asked to stop. A failed action whose
+/// cgroup or interface is gone is skipped ([`gone`]).
+fn step(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<Outcome> {
     if let Some(sig) = expedite::Window::interrupted() {
         return Err(anyhow!("stopped by signal {sig}"));
     }
-    run(s, sh, action).with_context(|| format!("failed to {action}"))
+    let Err(e) = run(s, sh, action) else {
+        return Ok(Outcome::Done);
+    };
+    let Some(why) = gone::why(sh.o, action) else {
+        return Err(e.context(format!("failed to {action}")));
+    };
+    if let Action::AttachCgroup { pin, .. } | Action::PinStats { pin, .. } = action {
+        remove_empty_parents(&sh.o.pins.root, pin);
+    }
+    Ok(Outcome::Gone(why))
 }
 
 /// Whether `action` can run while the last program still loads: it needs
@@ -173,7 +186,7 @@ fn run_side_by_side(
     sh: &Shared<'_, '_>,
     first: &[Action],
     second: &[Action],
-    report: &mut impl FnMut(&Action),
+    report: &mut impl FnMut(&Action, &Outcome),
 ) -> (usize, Option<anyhow::Error>) {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
@@ -182,37 +195,44 @@ fn run_side_by_side(
         let beside = scope.spawn(|| {
             // Programs opened from their pins, apart from this thread's.
             let mut s = Session::default();
-            let mut n = 0;
+            let mut outcomes = Vec::new();
             for a in second {
                 if stopped() {
-                    return (n, None);
+                    return (outcomes, None);
                 }
-                if let Err(e) = step(&mut s, sh, a) {
-                    stop_both();
-                    return (n, Some(e));
+                match step(&mut s, sh, a) {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        stop_both();
+                        return (outcomes, Some(e));
+                    }
                 }
-                n += 1;
             }
-            (n, None)
+            (outcomes, None)
         });
         let (mut n, mut failed) = (0, None);
         for a in first {
             if stopped() {
                 break;
             }
-            if let Err(e) = step(s, sh, a) {
-                stop_both();
-                failed = Some(e);
-                break;
+            match step(s, sh, a) {
+                Ok(o) => report(a, &o),
+                Err(e) => {
+                    stop_both();
+                    failed = Some(e);
+                    break;
+                }
             }
-            report(a);
             n += 1;
         }
-        let (m, beside_failed) = beside
-            .join()
-            .unwrap_or_else(|_| (0, Some(anyhow!("the thread attaching to cgroups panicked"))));
-        second[..m].iter().for_each(&mut *report);
-        (n + m, failed.or(beside_failed))
+        let (outcomes, beside_failed) = beside.join().unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                Some(anyhow!("the thread attaching to cgroups panicked")),
+            )
+        });
+        second.iter().zip(&outcomes).for_each(|(a, o)| report(a, o));
+        (n + outcomes.len(), failed.or(beside_failed))
     })
 }
 

@@ -85,7 +85,15 @@ pub fn run(a: Args) -> Result<Done, Failure> {
     if actions.iter().any(|a| matches!(a, Action::AttachTc { .. })) && o.tc()?.mode == Mode::Clsact {
         say(format_args!("note: {}", o.tc()?.describe()));
     }
-    apply::execute(&layout, &o, &actions, prefetch, |a| say(a), |l| say(l)).map_err(Failure::Partial)?;
+    apply::execute(
+        &layout,
+        &o,
+        &actions,
+        prefetch,
+        |a, out| say(out.line(a)),
+        |l| say(l),
+    )
+    .map_err(Failure::Partial)?;
     let owners = owners::converge(&layout, &o, say).map_err(|e| {
         Failure::Partial(Partial {
             done: actions.len(),

@@ -145,7 +145,7 @@ impl Watcher {
         if actions.is_empty() {
             return;
         }
-        let report = |a: &Action| log(&a.to_string());
+        let report = |a: &Action, out: &apply::Outcome| log(&out.line(a));
         if apply::execute(&self.layout, &self.obs, actions, None, report, log).is_ok() {
             return;
         }
@@ -163,7 +163,7 @@ impl Watcher {
         if done {
             return;
         }
-        let report = |a: &Action| log(&a.to_string());
+        let report = |a: &Action, out: &apply::Outcome| log(&out.line(a));
         if let Err(e) = apply::execute(
             &self.layout,
             &self.obs,

@@ -224,8 +224,13 @@ fn strays(
             (Direction::Ingress, sys::bpf::CGROUP_INGRESS),
             (Direction::Egress, sys::bpf::CGROUP_EGRESS),
         ] {
-            let list = sys::bpf::prog_query(Hook::Cgroup(dir.as_fd()), attach_type)
-                .with_context(|| format!("querying cgroup {}", cg.display()))?;
+            let list = match sys::bpf::prog_query(Hook::Cgroup(dir.as_fd()), attach_type) {
+                Ok(list) => list,
+                // Opened, then removed: the kernel refuses a dying cgroup
+                // with ENOENT. What it held went with it.
+                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("querying cgroup {}", cg.display())),
+            };
             let mine: Vec<&Attached> = list.iter().filter(|a| ours.contains(&a.prog_id)).collect();
             let expected = held_at.get(&(cg.id, attach_type)).copied().unwrap_or(0);
             for a in mine.iter().skip(expected) {
