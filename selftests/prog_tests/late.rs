@@ -362,7 +362,10 @@ fn tcp_connection_outliving_its_cgroup() {
     let (addr, port) = (w.ipv4_peer(), 43000 + w.n);
     // The server's SYN-ACK then leaves SACK out: neither end sends SACK
     // options, and each segment's headers are SEG_HEADERS long.
-    crate::world::sh(&format!("ip netns exec {} sysctl -qw net.ipv4.tcp_sack=0", w.netns));
+    crate::world::sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.tcp_sack=0",
+        w.netns
+    ));
     // Server: answers each 4000-byte message with one byte. At EOF it
     // sends its FIN, waits for the client's last ACK and prints its own
     // TCP_INFO: every segment of the connection, either way.

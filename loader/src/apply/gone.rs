@@ -71,3 +71,37 @@ fn interface_index_gone(ifindex: u32) -> Option<String> {
         .any(|e| fs::read_to_string(e.path().join("ifindex")).is_ok_and(|s| s.trim() == ifindex.to_string()));
     (!present).then(|| format!("interface {ifindex} was removed meanwhile"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_is_gone_when_its_directory_is_or_holds_another_inode() {
+        let mount = std::env::temp_dir().join(format!("cgacct-gone-{}", std::process::id()));
+        fs::create_dir_all(mount.join("a")).expect("mkdir");
+        let ino = fs::metadata(mount.join("a")).expect("stat").ino();
+        assert_eq!(cgroup_gone(&mount, "/a", Some(ino)), None);
+        assert_eq!(cgroup_gone(&mount, "/a", None), None);
+        let made_again = cgroup_gone(&mount, "/a", Some(ino + 1)).expect("another inode");
+        assert!(made_again.contains("removed and made again"), "{made_again}");
+        let removed = cgroup_gone(&mount, "/b", Some(ino)).expect("no directory");
+        assert_eq!(removed, "cgroup /b was removed meanwhile");
+        fs::remove_dir_all(&mount).expect("cleanup");
+    }
+
+    #[test]
+    fn a_skipped_action_says_so_and_why() {
+        let a = Action::PinStats {
+            cgroup: "/a".into(),
+            id: 7,
+            pin: "/sys/fs/bpf/x/a/net.stat".into(),
+            replace: None,
+        };
+        assert_eq!(Outcome::Done.line(&a), a.to_string());
+        assert_eq!(
+            Outcome::Gone("cgroup /a was removed meanwhile".into()).line(&a),
+            format!("skipped: {a} (cgroup /a was removed meanwhile)")
+        );
+    }
+}
