@@ -149,7 +149,9 @@ fn step(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<Outcome
 }
 
 /// Whether `action` can run while the last program still loads: it needs
-/// only programs pinned before it.
+/// only programs pinned before it. The health programs are among those
+/// (pinned before the iterator), so their attachments do not hold the TC
+/// and cgroup attachments after them until the iterator is verified.
 fn runs_beside_load(action: &Action) -> bool {
     matches!(
         action,
@@ -158,6 +160,7 @@ fn runs_beside_load(action: &Action) -> bool {
             | Action::AttachCgroup { .. }
             | Action::AttachRmdir { .. }
             | Action::AttachRelease { .. }
+            | Action::AttachHealth { .. }
     )
 }
 
