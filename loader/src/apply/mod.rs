@@ -149,9 +149,7 @@ fn step(s: &mut Session, sh: &Shared<'_, '_>, action: &Action) -> Result<Outcome
 }
 
 /// Whether `action` can run while the last program still loads: it needs
-/// only programs pinned before it. The health programs are among those
-/// (pinned before the iterator), so their attachments do not hold the TC
-/// and cgroup attachments after them until the iterator is verified.
+/// only programs pinned before it.
 fn runs_beside_load(action: &Action) -> bool {
     matches!(
         action,
@@ -160,7 +158,6 @@ fn runs_beside_load(action: &Action) -> bool {
             | Action::AttachCgroup { .. }
             | Action::AttachRmdir { .. }
             | Action::AttachRelease { .. }
-            | Action::AttachHealth { .. }
     )
 }
 
