@@ -96,13 +96,17 @@ pub fn execute(
             scope,
             load: load::Pending::default(),
         };
-        // Opened at the first TCX attachment, closed (dropped) on every return.
+        // Opened at the first TCX attachment, closed (dropped) at the first
+        // action after the TC attachments, and on every return.
         let mut window: Option<Option<expedite::Window>> = None;
         let mut done = 0;
         while done < total {
             let action = &actions[done];
-            if window.is_none() && matches!(action, Action::AttachTc { .. }) {
-                window = Some(expedite_window(layout, o, &actions[done..], &mut note));
+            let tc = matches!(action, Action::AttachTc { .. });
+            match &mut window {
+                None if tc => window = Some(expedite_window(layout, o, &actions[done..], &mut note)),
+                Some(w) if !tc => *w = None,
+                _ => {}
             }
             if let Some((tc, cg)) = side_by_side(&actions[done..]) {
                 let (first, second) = actions[done..done + cg].split_at(tc);
