@@ -14,7 +14,7 @@
 //! Nothing lives only in this process: everything is pinned, so killing it
 //! loses no count, and a new watcher reconciles whatever changed meanwhile.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -213,7 +213,7 @@ impl Watcher {
         &self,
         cgroups: &[Change],
         links: &[LinkEvent],
-    ) -> Result<BTreeMap<PathBuf, Option<sys::bpf::LinkState>>> {
+    ) -> Result<std::collections::HashMap<PathBuf, Option<sys::bpf::LinkState>>> {
         let pins = &self.obs.pins;
         let mut concerned = Vec::new();
         for c in cgroups {
@@ -226,7 +226,7 @@ impl Watcher {
                 concerned.extend(Direction::BOTH.map(|d| pins.tc_link(&l.name, d)));
             }
         }
-        let mut out = BTreeMap::new();
+        let mut out = std::collections::HashMap::new();
         for pin in concerned.into_iter().filter(|p| p.exists()) {
             let state = held::read_pin(pins, &pin, &self.obs.interfaces)?;
             out.insert(pin, state);

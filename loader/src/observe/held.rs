@@ -4,7 +4,7 @@
 //! hand, or left by an older run). Only reads: `BPF_OBJ_GET`, info and
 //! query calls, `lstat`.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
@@ -58,8 +58,9 @@ pub struct Held {
     /// Build id of the pinned programs, if they carry one.
     pub build: Option<u64>,
     /// Every link pin (TC, cgroup, stats file), with what it holds; `None`
-    /// when the pin cannot be opened as a link.
-    pub links: BTreeMap<PathBuf, Option<LinkState>>,
+    /// when the pin cannot be opened as a link. Hashed: with thousands of
+    /// pins, each path compared in a tree costs more than its hash.
+    pub links: HashMap<PathBuf, Option<LinkState>>,
     pub strays: Vec<Stray>,
     /// The class tables (None: the root has no class maps).
     pub classes: Option<crate::spec::classes::ClassTable>,

@@ -3,7 +3,7 @@
 //! runs the same ones for the objects a batch of events names, so the two
 //! never disagree on an action or its reason.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -33,7 +33,7 @@ pub struct Ctx<'a> {
     pub layout: &'a Layout,
     pub pins: &'a Pins,
     /// Link pins with what each holds (see [`crate::observe::Held::links`]).
-    pub links: &'a BTreeMap<PathBuf, Option<LinkState>>,
+    pub links: &'a HashMap<PathBuf, Option<LinkState>>,
     pub programs: &'a BTreeMap<&'static str, HeldProgram>,
     /// Whether the programs are loaded again by this plan.
     pub reload: bool,
@@ -209,7 +209,7 @@ impl Hooks {
     }
 
     /// Unpins of every held TC link no selected interface wants.
-    pub fn tc_unwanted(&mut self, c: &Ctx<'_>, interfaces: &[Interface], want: &BTreeSet<PathBuf>) {
+    pub fn tc_unwanted(&mut self, c: &Ctx<'_>, interfaces: &[Interface], want: &HashSet<PathBuf>) {
         let names: BTreeSet<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
         for pin in unwanted(c.links, &c.pins.tc_links(), want) {
             let exists = parent_name(pin).and_then(|n| crate::bpffs::names::unescape(&n));
@@ -222,7 +222,7 @@ impl Hooks {
     }
 
     /// Unpins of every held cgroup_skb link no listed cgroup wants.
-    pub fn cgroup_skb_unwanted(&mut self, c: &Ctx<'_>, cgroups: &[Cgroup], want: &BTreeSet<PathBuf>) {
+    pub fn cgroup_skb_unwanted(&mut self, c: &Ctx<'_>, cgroups: &[Cgroup], want: &HashSet<PathBuf>) {
         let ids: BTreeSet<String> = cgroups.iter().map(|c| c.id.to_string()).collect();
         for pin in unwanted(c.links, &c.pins.cgroup_links(), want) {
             let reason = match parent_name(pin) {
@@ -234,17 +234,23 @@ impl Hooks {
     }
 
     /// Unpins of every held stats file no selected cgroup wants.
-    pub fn stats_unwanted(&mut self, c: &Ctx<'_>, cgroups: &[Cgroup], want: &BTreeSet<PathBuf>) {
+    pub fn stats_unwanted(&mut self, c: &Ctx<'_>, cgroups: &[Cgroup], want: &HashSet<PathBuf>) {
         let name = c.pins.stats_file_name();
         let links_dir = c.pins.root.join(crate::bpffs::names::LINKS_DIR);
         // A set: after many cgroups went, each unwanted file is looked up.
-        let live: std::collections::HashSet<u64> = cgroups.iter().map(|c| c.id).collect();
-        for (pin, state) in c.links {
-            let is_stats =
-                pin.file_name().is_some_and(|n| n.to_string_lossy() == name) && !pin.starts_with(&links_dir);
-            if !is_stats || want.contains(pin) {
-                continue;
-            }
+        let live: HashSet<u64> = cgroups.iter().map(|c| c.id).collect();
+        let mut held: Vec<_> = c
+            .links
+            .iter()
+            .filter(|(pin, _)| {
+                pin.file_name()
+                    .is_some_and(|n| n.as_encoded_bytes() == name.as_bytes())
+                    && !under(pin, &links_dir)
+                    && !want.contains(*pin)
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (pin, state) in held {
             let gone = matches!(state, Some(l) if matches!(l.target, LinkTarget::CgroupIter { cgroup_id, .. }
                 if !live.contains(&cgroup_id)));
             let reason = if gone {
@@ -273,15 +279,28 @@ impl Hooks {
     }
 }
 
-/// Held pins below `dir` that are not wanted.
+/// Held pins below `dir` that are not wanted, in path order.
 fn unwanted<'a>(
-    links: &'a BTreeMap<PathBuf, Option<LinkState>>,
-    dir: &'a Path,
-    want: &'a BTreeSet<PathBuf>,
-) -> impl Iterator<Item = &'a PathBuf> {
-    links
+    links: &'a HashMap<PathBuf, Option<LinkState>>,
+    dir: &Path,
+    want: &HashSet<PathBuf>,
+) -> Vec<&'a PathBuf> {
+    let mut out: Vec<_> = links
         .keys()
-        .filter(move |p| p.starts_with(dir) && !want.contains(*p))
+        .filter(|p| under(p, dir) && !want.contains(*p))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Whether `path` lies below `dir`, both made by joining names to the
+/// root (no `.`, `..` or doubled `/`): a byte prefix ending at a `/`.
+fn under(path: &Path, dir: &Path) -> bool {
+    let (p, d) = (
+        path.as_os_str().as_encoded_bytes(),
+        dir.as_os_str().as_encoded_bytes(),
+    );
+    p.len() > d.len() && p.starts_with(d) && p[d.len()] == b'/'
 }
 
 /// `<dir>/<name>/<direction>` -> name.

@@ -5,7 +5,7 @@
 //! One planner per kind of thing ([`programs`]: programs, maps, the
 //! tracepoint links; [`hooks`]: TC, cgroup_skb, stats files; [`access`]:
 //! owners and modes), each judging pinned links with one verdict helper.
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{collections::HashSet, path::PathBuf};
 
 use anyhow::Result;
 
@@ -61,7 +61,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         .filter(|i| layout.tc_interfaces.iter().any(|p| p.matches(&i.name)))
         .collect();
     tc.iter().for_each(|i| h.tc(&c, i));
-    let want: BTreeSet<_> = tc
+    let want: HashSet<_> = tc
         .iter()
         .flat_map(|i| both(|d| o.pins.tc_link(&i.name, d)))
         .collect();
@@ -75,7 +75,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
     };
     let skb = listed(&layout.cgroup_skb_attach);
     skb.iter().for_each(|cg| h.cgroup_skb(&c, cg));
-    let want: BTreeSet<_> = skb
+    let want: HashSet<_> = skb
         .iter()
         .flat_map(|cg| both(|d| o.pins.cgroup_link(cg.id, d)))
         .collect();
@@ -88,7 +88,7 @@ pub fn plan(layout: &Layout, o: &Observed, maps: MapPolicy) -> Result<Vec<Action
         false => Vec::new(),
     };
     stats.iter().for_each(|cg| h.stats(&c, cg));
-    let want: BTreeSet<_> = stats.iter().map(|cg| o.pins.stats_file(&cg.path)).collect();
+    let want: HashSet<_> = stats.iter().map(|cg| o.pins.stats_file(&cg.path)).collect();
     h.stats_unwanted(&c, &o.cgroups, &want);
 
     actions.extend(h.finish(&c));
