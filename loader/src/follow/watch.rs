@@ -227,8 +227,9 @@ impl Watcher {
             }
         }
         let mut out = std::collections::HashMap::new();
+        let root = crate::sys::bpf::PinRoot::open(&pins.root);
         for pin in concerned.into_iter().filter(|p| p.exists()) {
-            let state = held::read_pin(pins, &pin, &self.obs.interfaces)?;
+            let state = held::read_pin(pins, &root, &pin, &self.obs.interfaces)?;
             out.insert(pin, state);
         }
         Ok(out)

@@ -70,9 +70,14 @@ pub struct Held {
 
 /// What the link pin at `pin` holds: a link, or under `links/tc` a clsact
 /// marker with its filter's state; None for anything else. The pin is
-/// opened once.
-pub fn read_pin(pins: &Pins, pin: &Path, interfaces: &[Interface]) -> Result<Option<LinkState>> {
-    let Ok(fd) = sys::bpf::obj_get(pin) else {
+/// opened once, from `root` (the root of `pins`, opened).
+pub fn read_pin(
+    pins: &Pins,
+    root: &sys::bpf::PinRoot,
+    pin: &Path,
+    interfaces: &[Interface],
+) -> Result<Option<LinkState>> {
+    let Ok(fd) = root.obj_get(pin) else {
         return Ok(None);
     };
     match sys::bpf::fd_kind(fd.as_fd())? {
@@ -144,7 +149,8 @@ pub fn read(
             .chain(object::health::PROGRAMS.iter().map(|p| pins.tracing_link(p.name)))
             .filter(|p| p.exists()),
     );
-    let states = super::par_map(&link_pins, |pin| read_pin(pins, pin, interfaces))?;
+    let root = sys::bpf::PinRoot::open(&pins.root);
+    let states = super::par_map(&link_pins, |pin| read_pin(pins, &root, pin, interfaces))?;
     for (pin, state) in link_pins.into_iter().zip(states) {
         if state.is_none() && !pin.exists() {
             continue;

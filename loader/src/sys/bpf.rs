@@ -281,6 +281,69 @@ pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd, SysError> {
     bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).map(owned)
 }
 
+/// A directory on bpffs (a root) whose pins are opened from inside it:
+/// `BPF_OBJ_GET` relative to its fd (`BPF_F_PATH_FD`, Linux >= 6.5). An
+/// absolute lookup below `/sys/fs/bpf` passes through sysfs, whose
+/// dentries are checked again at every lookup; from the root's fd only the
+/// names below it are looked up. Kernels without the flag, or a root that
+/// cannot be opened, get the absolute lookup.
+pub struct PinRoot {
+    path: std::path::PathBuf,
+    fd: Option<OwnedFd>,
+}
+
+/// Set once a kernel refused `BPF_F_PATH_FD`: absolute lookups from then on.
+static PATH_FD_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl PinRoot {
+    pub fn open(path: &std::path::Path) -> PinRoot {
+        let fd = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .ok()
+            .and_then(|c| {
+                // SAFETY: a valid C string; the fd returned is ours alone.
+                let fd =
+                    unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+                // SAFETY: a new fd that nothing else owns.
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            });
+        PinRoot {
+            path: path.to_path_buf(),
+            fd,
+        }
+    }
+
+    /// [`obj_get`] of `pin`, a path below the root.
+    pub fn obj_get(&self, pin: &std::path::Path) -> Result<OwnedFd, SysError> {
+        let relative = pin
+            .strip_prefix(&self.path)
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty());
+        let (Some(dir), Some(rel)) = (&self.fd, relative) else {
+            return obj_get(pin);
+        };
+        if PATH_FD_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+            return obj_get(pin);
+        }
+        let c = std::ffi::CString::new(rel.as_os_str().as_encoded_bytes())
+            .map_err(|e| SysError::new("bpf(BPF_OBJ_GET)", io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_4.pathname = c.as_ptr() as u64;
+        attr.__bindgen_anon_4.file_flags = aya_obj::generated::BPF_F_PATH_FD;
+        attr.__bindgen_anon_4.path_fd = dir.as_raw_fd();
+        match bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) {
+            Ok(fd) => Ok(owned(fd)),
+            // Before 6.5 an unknown flag is EINVAL: the same lookup from
+            // `/` tells that apart from a pin that is not a bpf object.
+            Err(e) if e.errno() == Some(libc::EINVAL) => {
+                let absolute = obj_get(pin)?;
+                PATH_FD_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(absolute)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// `BPF_LINK_UPDATE`: moves a link to another program in place; the hook
 /// never runs without a program.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> Result<(), SysError> {
