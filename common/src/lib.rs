@@ -45,6 +45,20 @@ impl Counters {
     }
 }
 
+/// One entry of a slot array in front of a per-CPU counter map: the
+/// counters of the cgroup `id` on one CPU; `id` 0: free. A cgroup's slot is
+/// at index `id & (SLOTS - 1)`, claimed on a CPU by the first packet of a
+/// live cgroup that finds it free there, and freed when the cgroup goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub id: u64,
+    pub counters: Counters,
+}
+
+/// Entries of each slot array (a power of two).
+pub const SLOTS: u32 = 1024;
+
 /// A value of `IFACE_STATS`: one interface's counters on one CPU, and the
 /// owner (`IFACE_OWNER`) this CPU last looked up for it. The cached owner
 /// is valid while `owner_gen` equals the generation the loader keeps in
@@ -357,8 +371,16 @@ pub mod maps {
     /// Per-CPU array of one [`crate::SUM_WORDS`] `u64`s: where a program
     /// adds up every CPU's slots of a per-CPU map.
     pub const SUM_SCRATCH: &str = "SUM_SCRATCH";
+    /// Per-CPU arrays of [`crate::SLOTS`] [`crate::Slot`]s in front of
+    /// `CGROUP_STATS`, `TC_CGROUP_STATS` and `VETH_STATS`: a cgroup's
+    /// counters on a CPU where it holds the slot at `id & (SLOTS - 1)`,
+    /// found without a hash lookup; its counts are those of its slots and
+    /// its map entry together.
+    pub const CGROUP_SLOTS: &str = "CGROUP_SLOTS";
+    pub const TC_CGROUP_SLOTS: &str = "TC_CGROUP_SLOTS";
+    pub const VETH_SLOTS: &str = "VETH_SLOTS";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 24] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -380,6 +402,9 @@ pub mod maps {
         CLASS_SCRATCH,
         CLASS_OVERFLOW,
         SUM_SCRATCH,
+        CGROUP_SLOTS,
+        TC_CGROUP_SLOTS,
+        VETH_SLOTS,
     ];
 }
 
@@ -442,6 +467,8 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Slot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IterAcc {}
     // SAFETY: as above.

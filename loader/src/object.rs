@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
 use cgacct_common::{
     classes, globals, maps, overflow, programs as prog, ClassConfig, ClassKey, ClassName, Counters, Departed,
-    Dying, IfaceCounters, IterAcc, Removed,
+    Dying, IfaceCounters, IterAcc, Removed, Slot, SLOTS,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
@@ -168,7 +168,7 @@ pub fn class_entries(sizes: &MapSizes) -> u32 {
 }
 
 /// The maps this build and layout need on kernel `k`, by name.
-pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 21] {
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 24] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -179,6 +179,7 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 21
     let ck = size_of::<ClassKey>() as u32;
     let m = sizes;
     let counters = counter_kind(k);
+    let slots = shape(MapType::PerCpuArray, 4, size_of::<Slot>(), SLOTS);
     [
         (maps::CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
         (maps::TC_CGROUP_STATS, shape(counters, 8, c, m.cgroups)),
@@ -248,6 +249,9 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 21
             maps::SUM_SCRATCH,
             shape(MapType::PerCpuArray, 4, 8 * cgacct_common::SUM_WORDS, 1),
         ),
+        (maps::CGROUP_SLOTS, slots),
+        (maps::TC_CGROUP_SLOTS, slots),
+        (maps::VETH_SLOTS, slots),
     ]
 }
 

@@ -2,12 +2,12 @@
 //! one skb's counts into a map entry, or into the overflow bucket of a map
 //! that is full.
 use aya_ebpf::bindings::BPF_NOEXIST;
-use cgacct_common::Counters;
+use cgacct_common::{Counters, SLOTS};
 
 use crate::{
     fold::{self, Family},
     kernel::shared_counters,
-    maps::{CounterMap, OVERFLOW},
+    maps::{CounterMap, SlotArray, OVERFLOW},
 };
 
 #[derive(Clone, Copy)]
@@ -16,8 +16,10 @@ pub enum Direction {
     Tx,
 }
 
-/// Adds one skb to `map[id]`, a map keyed by cgroup id (of `family`), on
-/// this CPU's slot; what a full map cannot take goes to the family's
+/// Adds one skb to cgroup `id`'s counters on this CPU: in its slot of
+/// `slots` where it holds it (no hash lookup), in a free slot it takes,
+/// else in `map[id]`, a map keyed by cgroup id (of `family`), on this
+/// CPU's value; what a full map cannot take goes to the family's
 /// overflow bucket. An id without an entry may be a removed cgroup whose
 /// socket lives on, and its traffic then goes to its nearest live ancestor
 /// (see [`fold::late`]), never into a new entry under the removed id. When
@@ -26,6 +28,7 @@ pub enum Direction {
 #[inline(always)]
 pub fn add_cgroup<const N: usize>(
     map: &CounterMap<u64, N>,
+    slots: Option<&SlotArray>,
     id: u64,
     family: Family,
     dir: Direction,
@@ -33,6 +36,26 @@ pub fn add_cgroup<const N: usize>(
     packets: u64,
 ) {
     let shared = shared_counters();
+    let slot = match slots {
+        Some(s) if !shared && id != 0 => s.get_ptr_mut(id as u32 & (SLOTS - 1)),
+        _ => None,
+    };
+    if let Some(s) = slot {
+        // SAFETY: this CPU's slot, not preempted while the program runs.
+        let s = unsafe { &mut *s };
+        if s.id == id {
+            bump(&mut s.counters, dir, bytes, packets);
+            return;
+        }
+        // A free slot is taken by a live cgroup (never by a removed one:
+        // its traffic goes to its live ancestor), even one with a map
+        // entry: its counts are both together.
+        if s.id == 0 && fold::dying(id).is_none() {
+            s.id = id;
+            s.counters = counters(dir, bytes, packets);
+            return;
+        }
+    }
     if let Some(slot) = map.get_ptr_mut(&id) {
         bump_in(slot, shared, dir, bytes, packets);
         return;

@@ -20,8 +20,11 @@ use cgacct_common::{overflow, Counters, Departed, IterAcc, ROOT_CGROUP};
 use crate::{
     classes, health,
     iter_ctx::IterCgroupCtx,
-    kernel::{self, cgroup_id, sum, sum_counters, sum_unrolled},
-    maps::{CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_STATS, VETH_STATS},
+    kernel::{self, add_slots, cgroup_id, sum, sum_counters, sum_unrolled},
+    maps::{
+        CGROUP_SLOTS, CGROUP_STATS, DEPARTED, ITER_SCRATCH, OVERFLOW, TC_CGROUP_SLOTS, TC_CGROUP_STATS,
+        VETH_SLOTS, VETH_STATS,
+    },
     text::{Key, Out},
 };
 
@@ -65,6 +68,21 @@ unsafe fn visit(cgroup: *const u8, session: u64, seq_num: u64) {
     ) else {
         return;
     };
+    let mut own3 = [own, own_tc, own_veth];
+    if add_slots::<3, { sum::AUTO }, false>(
+        [
+            ptr::from_ref(&CGROUP_SLOTS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_SLOTS).cast_mut().cast(),
+            ptr::from_ref(&VETH_SLOTS).cast_mut().cast(),
+        ],
+        id,
+        &mut own3,
+    )
+    .is_none()
+    {
+        return;
+    }
+    let [own, own_tc, own_veth] = own3;
     // Removed descendants, folded in when each was removed (under the same
     // cgroup_mutex this walk holds): subtree sums never go backwards.
     let gone = match DEPARTED.get_ptr(id) {

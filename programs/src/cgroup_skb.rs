@@ -10,7 +10,7 @@ use crate::{
     account::{add_cgroup, Direction},
     classes,
     fold::Family,
-    maps::CGROUP_STATS,
+    maps::{CGROUP_SLOTS, CGROUP_STATS},
     measure::measure,
 };
 
@@ -35,6 +35,14 @@ fn count(ctx: &SkBuffContext, dir: Direction) {
     // SAFETY: helper call on the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (bytes, packets) = measure(skb, 0);
-    add_cgroup(&CGROUP_STATS, cgroup_id, Family::Socket, dir, bytes, packets);
+    add_cgroup(
+        &CGROUP_STATS,
+        Some(&CGROUP_SLOTS),
+        cgroup_id,
+        Family::Socket,
+        dir,
+        bytes,
+        packets,
+    );
     classes::count(skb, cgroup_id, dir, bytes, packets);
 }

@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
     generated::{bpf_loop, bpf_map_lookup_elem, bpf_map_lookup_percpu_elem},
 };
-use cgacct_common::{Counters, Health, MAX_CPUS, SUM_WORDS};
+use cgacct_common::{Counters, Health, Slot, MAX_CPUS, SLOTS, SUM_WORDS};
 
 use crate::maps::SUM_SCRATCH;
 
@@ -281,4 +281,110 @@ pub fn sum_percpu<K: Copy, V: Summed, const M: usize>(maps: [*mut c_void; M], ke
     }
     // SAFETY: as above.
     Some(unsafe { *slot })
+}
+
+/// Adds to `totals` the counts the slot arrays `slots` hold for cgroup
+/// `id` (see [`Slot`]): every CPU's slot at `id & (SLOTS - 1)` that holds
+/// `id`, for each array; with `FREE`, those slots are freed as they are
+/// read (the removal programs). Summed as `MODE` says ([`sum`]); nothing
+/// where the counter maps are shared, as slots are then never claimed.
+/// None only where `SUM_SCRATCH` has no slot (never, in a loaded object).
+#[inline(always)]
+pub fn add_slots<const M: usize, const MODE: u8, const FREE: bool>(
+    slots: [*mut c_void; M],
+    id: u64,
+    totals: &mut [Counters; M],
+) -> Option<()> {
+    if MODE == sum::SHARED || shared_counters() || id == 0 {
+        return Some(());
+    }
+    let index = id as u32 & (SLOTS - 1);
+    // SAFETY: read-only global.
+    let nr_cpus = unsafe { ptr::read_volatile(&NR_CPUS) };
+    if MODE == sum::AUTO && nr_cpus <= sum::UNROLL_MAX {
+        let mut cpu = 0u32;
+        while cpu < MAX_CPUS && cpu < nr_cpus {
+            let mut i = 0;
+            while i < M {
+                slot_step::<FREE>(slots[i], index, cpu, id, &mut totals[i]);
+                i += 1;
+            }
+            cpu += 1;
+        }
+        return Some(());
+    }
+    const { assert!(size_of::<[Counters; M]>() <= 8 * SUM_WORDS) };
+    let scratch = SUM_SCRATCH.get_ptr_mut(0)?.cast::<[Counters; M]>();
+    // SAFETY: this CPU's slot, big enough (above); its users run one at a
+    // time (under cgroup_mutex).
+    unsafe { *scratch = *totals };
+    let mut ctx = SlotSum {
+        slots,
+        index,
+        id,
+        total: scratch.cast(),
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = slot_cpu_step::<M, FREE>;
+    // SAFETY: a static callback of the signature bpf_loop calls, and a
+    // context on this stack that outlives the call.
+    unsafe {
+        bpf_loop(
+            nr_cpus.min(MAX_CPUS),
+            step as *mut c_void,
+            ptr::from_mut(&mut ctx).cast(),
+            0,
+        );
+        // SAFETY: as above.
+        *totals = *scratch;
+    }
+    Some(())
+}
+
+/// CPU `cpu`'s slot `index` of the slot array `map`: added to `total` if
+/// it holds `id`, and freed with `FREE`.
+#[inline(always)]
+fn slot_step<const FREE: bool>(map: *mut c_void, index: u32, cpu: u32, id: u64, total: &mut Counters) {
+    // SAFETY: helper call with a valid map and key; NULL past the last
+    // possible CPU.
+    let slot = unsafe { bpf_map_lookup_percpu_elem(map, ptr::from_ref(&index).cast(), cpu) } as *mut Slot;
+    if slot.is_null() {
+        return;
+    }
+    // SAFETY: non-NULL lookup result points at a `Slot`.
+    let slot = unsafe { &mut *slot };
+    if slot.id != id {
+        return;
+    }
+    total.add(&slot.counters);
+    if FREE {
+        // Another CPU's slot: its program may be adding one packet to it
+        // at this instant, which is then lost, as it would be to an entry
+        // deleted from a per-CPU hash.
+        slot.counters = Counters::ZERO;
+        slot.id = 0;
+    }
+}
+
+/// What one CPU's step of [`add_slots`] reads, and where it adds.
+#[repr(C)]
+struct SlotSum<const M: usize> {
+    slots: [*mut c_void; M],
+    index: u32,
+    id: u64,
+    /// `SUM_SCRATCH`'s slot, as `[Counters; M]`.
+    total: *mut c_void,
+}
+
+/// One CPU's slots of [`SlotSum`]; 0: go on with the next CPU.
+extern "C" fn slot_cpu_step<const M: usize, const FREE: bool>(cpu: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes the `SlotSum` that `add_slots` gave it.
+    let ctx = unsafe { &*ctx.cast::<SlotSum<M>>() };
+    // SAFETY: `add_slots` checked that `[Counters; M]` fits the slot.
+    let total = unsafe { &mut *ctx.total.cast::<[Counters; M]>() };
+    let mut i = 0;
+    while i < M {
+        slot_step::<FREE>(ctx.slots[i], ctx.index, cpu as u32, ctx.id, &mut total[i]);
+        i += 1;
+    }
+    0
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use cgacct_common::{
     classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IfaceCounters, IterAcc,
-    Removed, SUM_WORDS,
+    Removed, Slot, SLOTS, SUM_WORDS,
 };
 
 /// Flags of the per-CPU counter maps: entries allocated when first used.
@@ -24,13 +24,25 @@ pub const ON_DEMAND: usize = BPF_F_NO_PREALLOC as usize;
 /// A per-CPU counter map of `N` entries at most.
 pub type CounterMap<K, const N: usize> = PerCpuHashMap<K, Counters, N, ON_DEMAND>;
 
+/// A slot array (see [`Slot`]).
+pub type SlotArray = PerCpuArray<Slot, { SLOTS as usize }>;
+
 /// cgroup id -> counters from the cgroup_skb hooks.
 #[btf_map]
 pub static CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
 
+/// `id & (SLOTS - 1)` -> counters of cgroup `id` from the cgroup_skb hooks,
+/// in front of `CGROUP_STATS` (see [`Slot`]).
+#[btf_map]
+pub static CGROUP_SLOTS: SlotArray = SlotArray::new();
+
 /// socket cgroup id (0: no socket) -> counters from the TC hooks.
 #[btf_map]
 pub static TC_CGROUP_STATS: CounterMap<u64, 16384> = CounterMap::new();
+
+/// Slots of `TC_CGROUP_STATS` (see [`Slot`]).
+#[btf_map]
+pub static TC_CGROUP_SLOTS: SlotArray = SlotArray::new();
 
 /// ifindex -> counters from the TC hooks, and the interface's owner as
 /// this CPU last looked it up (see [`IfaceCounters`]).
@@ -54,6 +66,10 @@ pub static IFACE_OWNER_GEN: Array<u64, 1> = Array::new();
 /// the owner's side (rx = towards it, tx = from it).
 #[btf_map]
 pub static VETH_STATS: CounterMap<u64, 16384> = CounterMap::new();
+
+/// Slots of `VETH_STATS` (see [`Slot`]).
+#[btf_map]
+pub static VETH_SLOTS: SlotArray = SlotArray::new();
 
 /// cgroup id -> totals of its removed descendants (folded in at removal).
 #[btf_map]

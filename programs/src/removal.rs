@@ -5,7 +5,8 @@
 //! (from then on iterators skip it). In one step for any reader it: adds the
 //! cgroup's own totals and those of its own removed descendants to its
 //! parent's `DEPARTED` entry; records them, with the path and the time, in
-//! `REMOVED`; and deletes its entries from the counter maps. So a parent's
+//! `REMOVED`; and deletes its entries from the counter maps and frees its
+//! slots in the slot arrays in front of them. So a parent's
 //! subtree totals never go backwards when a child goes, and a cgroup that
 //! lived for a moment still has its final totals afterwards.
 //!
@@ -40,8 +41,13 @@ use crate::{
     classes,
     fold::{add_totals, into_departed, live_ancestor},
     health,
-    kernel::{cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum, sum_counters, CGROUP2_HIERARCHY_ID},
-    maps::{CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_STATS, VETH_STATS},
+    kernel::{
+        add_slots, cgroup_hierarchy_id, cgroup_kn, kn_id, kn_parent, sum, sum_counters, CGROUP2_HIERARCHY_ID,
+    },
+    maps::{
+        CGROUP_SLOTS, CGROUP_STATS, DEPARTED, DYING, REMOVED, REMOVED_SCRATCH, TC_CGROUP_SLOTS,
+        TC_CGROUP_STATS, VETH_SLOTS, VETH_STATS,
+    },
 };
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
@@ -144,17 +150,28 @@ pub fn cgacct_cgroup_release_shared(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The three cgroup counter maps' whole counts of `id`.
+/// The three cgroup counter maps' whole counts of `id`, their slots
+/// included; the slots that held `id` are freed.
 #[inline(always)]
 fn counter_totals<const MODE: u8>(id: u64) -> Option<[Counters; 3]> {
-    sum_counters::<u64, Counters, 3, MODE>(
+    let mut totals = sum_counters::<u64, Counters, 3, MODE>(
         [
             ptr::from_ref(&CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&TC_CGROUP_STATS).cast_mut().cast(),
             ptr::from_ref(&VETH_STATS).cast_mut().cast(),
         ],
         &id,
-    )
+    )?;
+    add_slots::<3, MODE, true>(
+        [
+            ptr::from_ref(&CGROUP_SLOTS).cast_mut().cast(),
+            ptr::from_ref(&TC_CGROUP_SLOTS).cast_mut().cast(),
+            ptr::from_ref(&VETH_SLOTS).cast_mut().cast(),
+        ],
+        id,
+        &mut totals,
+    )?;
+    Some(totals)
 }
 
 /// The kernel lets a removed cgroup go: no socket refers to it any more.

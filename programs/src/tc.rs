@@ -19,7 +19,9 @@ use cgacct_common::{overflow, IfaceCounters};
 use crate::{
     account::{add_cgroup, bump, counters, overflow as add_overflow, Direction},
     fold::Family,
-    maps::{IFACE_OWNER, IFACE_OWNER_GEN, IFACE_STATS, TC_CGROUP_STATS, VETH_STATS},
+    maps::{
+        IFACE_OWNER, IFACE_OWNER_GEN, IFACE_STATS, TC_CGROUP_SLOTS, TC_CGROUP_STATS, VETH_SLOTS, VETH_STATS,
+    },
     measure::measure,
 };
 
@@ -47,14 +49,30 @@ fn count(ctx: &TcContext, dir: Direction) {
     // SAFETY: helper call and field read on the program's context.
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
     let (bytes, packets) = measure(skb, ETH_HLEN);
-    add_cgroup(&TC_CGROUP_STATS, cgroup_id, Family::Tc, dir, bytes, packets);
+    add_cgroup(
+        &TC_CGROUP_STATS,
+        Some(&TC_CGROUP_SLOTS),
+        cgroup_id,
+        Family::Tc,
+        dir,
+        bytes,
+        packets,
+    );
     let owner = add_iface(ifindex, dir, bytes, packets);
     if owner != 0 {
         let owner_dir = match dir {
             Direction::Rx => Direction::Tx,
             Direction::Tx => Direction::Rx,
         };
-        add_cgroup(&VETH_STATS, owner, Family::Veth, owner_dir, bytes, packets);
+        add_cgroup(
+            &VETH_STATS,
+            Some(&VETH_SLOTS),
+            owner,
+            Family::Veth,
+            owner_dir,
+            bytes,
+            packets,
+        );
     }
 }
 

@@ -18,18 +18,7 @@ const P6: u64 = 1000; // IPv6 datagram: 40 IP + 8 UDP + payload
 
 /// Per-CPU values summed, as bpftool prints them with BTF.
 fn bpftool_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
-    let out = Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(path)
-        .arg("-j")
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let v = bpftool_dump(path);
     let mut totals = BTreeMap::new();
     for entry in v.as_array().expect("array") {
         let f = &entry["formatted"];
@@ -42,17 +31,56 @@ fn bpftool_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
             None => vec![&f["value"]],
         };
         for val in slots {
-            let get = |k: &str| val[k].as_u64().expect("named field");
-            c.add(&Counters {
-                rx_bytes: get("rx_bytes"),
-                rx_packets: get("rx_packets"),
-                tx_bytes: get("tx_bytes"),
-                tx_packets: get("tx_packets"),
-            });
+            c.add(&named_counters(val));
         }
         totals.insert(key, c);
     }
     totals
+}
+
+/// A `Counters` value as bpftool prints it from BTF.
+fn named_counters(val: &serde_json::Value) -> Counters {
+    let get = |k: &str| val[k].as_u64().expect("named field");
+    Counters {
+        rx_bytes: get("rx_bytes"),
+        rx_packets: get("rx_packets"),
+        tx_bytes: get("tx_bytes"),
+        tx_packets: get("tx_packets"),
+    }
+}
+
+/// cgroup id -> counters of a slot array as bpftool dumps it: every CPU's
+/// slot added to the cgroup id it holds (0: free).
+fn bpftool_slot_totals(path: &std::path::Path) -> BTreeMap<u64, Counters> {
+    let mut totals: BTreeMap<u64, Counters> = BTreeMap::new();
+    for entry in bpftool_dump(path).as_array().expect("array") {
+        for cpu in entry["formatted"]["values"].as_array().expect("per-CPU values") {
+            let slot = &cpu["value"];
+            let id = slot["id"].as_u64().expect("named field id");
+            if id != 0 {
+                totals
+                    .entry(id)
+                    .or_default()
+                    .add(&named_counters(&slot["counters"]));
+            }
+        }
+    }
+    totals
+}
+
+fn bpftool_dump(path: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(path)
+        .arg("-j")
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
 #[test]
@@ -150,7 +178,11 @@ fn udp_ipv4_and_ipv6_counted_exactly_three_ways() {
 
     // 3. bpftool
     subtest("bpftool_dump", || {
-        let dumped = bpftool_totals(&pins.map("CGROUP_STATS"));
+        // A cgroup's counts are its map entry's and its slots' together.
+        let mut dumped = bpftool_totals(&pins.map("CGROUP_STATS"));
+        for (id, c) in bpftool_slot_totals(&pins.map("CGROUP_SLOTS")) {
+            dumped.entry(id).or_default().add(&c);
+        }
         assert_eq!(dumped[&w.cgroup_id("web.slice/v4.scope")], v4);
         assert_eq!(dumped[&w.cgroup_id("web.slice/v6.scope")], v6);
     });

@@ -23,6 +23,7 @@ mod latency;
 mod lifecycle;
 mod rcu;
 mod removal;
+mod slots;
 mod tc_modes;
 mod top;
 mod tree;

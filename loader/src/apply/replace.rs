@@ -7,10 +7,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use cgacct_common::{
     health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, HealthAcc, IfaceCounters,
-    Removed,
+    Removed, Slot,
 };
 
 use crate::sys;
@@ -55,6 +55,39 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
         .with_context(|| format!("pinning {}", next.display()))?;
     sys::fault::step();
     fs::rename(&next, pin).with_context(|| format!("renaming {} to {}", next.display(), pin.display()))?;
+    if !keep {
+        if let Some(slots) = slots_of(name) {
+            clear_slots(&pin.with_file_name(slots.to_ascii_lowercase()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The slot array in front of the counter map `name`, if it has one.
+fn slots_of(name: &str) -> Option<&'static str> {
+    match name {
+        maps::CGROUP_STATS => Some(maps::CGROUP_SLOTS),
+        maps::TC_CGROUP_STATS => Some(maps::TC_CGROUP_SLOTS),
+        maps::VETH_STATS => Some(maps::VETH_SLOTS),
+        _ => None,
+    }
+}
+
+/// Frees every CPU's every slot of the slot array pinned at `pin` (if the
+/// root has it): a map reset without its counters drops theirs too.
+fn clear_slots(pin: &Path) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let mut slots: PerCpuArray<MapData, Slot> = Map::PerCpuArray(data).try_into()?;
+    let cpus = crate::observe::kernel::nr_cpus()? as usize;
+    for i in 0..slots.len() {
+        let free = PerCpuValues::try_from(vec![Slot::default(); cpus])?;
+        slots
+            .set(i, free, 0)
+            .with_context(|| format!("freeing slot {i} of {}", pin.display()))?;
+    }
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapType, PerCpuHashMap};
-use cgacct_common::{maps, ClassKey, Counters, IfaceCounters};
+use aya::maps::{HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap};
+use cgacct_common::{maps, ClassKey, Counters, IfaceCounters, Slot};
 
 use crate::{
     bpffs::Pins,
@@ -118,6 +118,78 @@ pub fn totals_batch<K: aya::Pod + Ord, V: CounterValue>(
     }
 }
 
+/// cgroup id -> counters held in the pinned slot array at `path` (see
+/// [`Slot`]): every CPU's slots, each added to the cgroup that holds it.
+/// Read in batches where the kernel has them, else index by index.
+pub fn slot_totals(path: &Path) -> Result<BTreeMap<u64, Counters>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = data.info()?;
+    let value_size = size_of::<Slot>();
+    if info.key_size() != 4 || info.value_size() as usize != value_size {
+        bail!(
+            "map {} has key size {} and value size {}, expected 4 and {value_size}",
+            path.display(),
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    let cpus = kernel::nr_cpus()? as usize;
+    let entries = info.max_entries() as usize;
+    let mut out: BTreeMap<u64, Counters> = BTreeMap::new();
+    // A slot without counts adds nothing (and names no cgroup: a slot
+    // held by an id of no cgroup never counts).
+    let mut add = |s: &Slot| {
+        if s.id != 0 && s.counters.any() != 0 {
+            out.entry(s.id).or_default().add(&s.counters);
+        }
+    };
+    let mut keys = vec![0u8; entries * 4];
+    let mut values = vec![0u8; entries * value_size * cpus];
+    let mut token = None;
+    let mut read = 0;
+    loop {
+        let n = entries - read;
+        let batch = sys::bpf::map_lookup_batch(
+            data.fd().as_fd(),
+            &mut token,
+            &mut keys[..n * 4],
+            &mut values[..n * value_size * cpus],
+            n as u32,
+        );
+        let (got, more) = match batch {
+            Err(e) if e.errno() == Some(libc::EINVAL) && token.is_none() => break,
+            other => other.with_context(|| format!("reading {}", path.display()))?,
+        };
+        for v in values[..got as usize * value_size * cpus].chunks_exact(value_size) {
+            // SAFETY: `value_size` bytes the kernel wrote; Slot is Pod.
+            add(&unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<Slot>()) });
+        }
+        read += got as usize;
+        if !more || read >= entries {
+            return Ok(out);
+        }
+    }
+    // No batch reads of arrays (Linux < 5.6): index by index.
+    let array: PerCpuArray<MapData, Slot> = Map::PerCpuArray(data).try_into()?;
+    for i in 0..info.max_entries() {
+        for s in array.get(&i, 0)?.iter() {
+            add(s);
+        }
+    }
+    Ok(out)
+}
+
+/// `totals` with the counters of the slot array `slots` added, if the root
+/// has that array (roots made before slots existed do not, until `apply`).
+fn with_slots(mut totals: BTreeMap<u64, Counters>, slots: &Path) -> Result<BTreeMap<u64, Counters>> {
+    if slots.exists() {
+        for (id, c) in slot_totals(slots)? {
+            totals.entry(id).or_default().add(&c);
+        }
+    }
+    Ok(totals)
+}
+
 /// [`map_totals`] key by key (two syscalls per key), as aya iterates.
 pub fn map_totals_by_key<K: aya::Pod + Ord>(path: &Path) -> Result<BTreeMap<K, Counters>> {
     totals_by_key::<K, Counters>(path)
@@ -171,12 +243,25 @@ pub struct Snapshot {
 pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
     let panicked = |_| anyhow!("the thread reading a counter map panicked");
     std::thread::scope(|s| {
-        let cgroups = s.spawn(|| map_totals(&pins.map(maps::CGROUP_STATS)));
-        let tc_cgroups = s.spawn(|| map_totals(&pins.map(maps::TC_CGROUP_STATS)));
+        let cgroups = s.spawn(|| {
+            with_slots(
+                map_totals(&pins.map(maps::CGROUP_STATS))?,
+                &pins.map(maps::CGROUP_SLOTS),
+            )
+        });
+        let tc_cgroups = s.spawn(|| {
+            with_slots(
+                map_totals(&pins.map(maps::TC_CGROUP_STATS))?,
+                &pins.map(maps::TC_CGROUP_SLOTS),
+            )
+        });
         let interfaces = iface_totals(&pins.map(maps::IFACE_STATS))?;
         // Roots made before owners existed have no such map yet.
         let veth = if pins.map(maps::VETH_STATS).exists() {
-            map_totals(&pins.map(maps::VETH_STATS))?
+            with_slots(
+                map_totals(&pins.map(maps::VETH_STATS))?,
+                &pins.map(maps::VETH_SLOTS),
+            )?
         } else {
             BTreeMap::new()
         };
