@@ -56,6 +56,16 @@ pub struct Slot {
     pub counters: Counters,
 }
 
+/// One entry of `IFACE_SLOTS`, in front of `IFACE_STATS` as [`Slot`] is
+/// in front of the cgroup maps: interface `ifindex`'s value on one CPU;
+/// `ifindex` 0: free. Interfaces keep their slot as they keep their entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    pub ifindex: u64,
+    pub value: IfaceCounters,
+}
+
 /// Entries of each slot array (a power of two).
 pub const SLOTS: u32 = 1024;
 
@@ -379,8 +389,11 @@ pub mod maps {
     pub const CGROUP_SLOTS: &str = "CGROUP_SLOTS";
     pub const TC_CGROUP_SLOTS: &str = "TC_CGROUP_SLOTS";
     pub const VETH_SLOTS: &str = "VETH_SLOTS";
+    /// Per-CPU array of [`crate::SLOTS`] [`crate::IfaceSlot`]s in front of
+    /// `IFACE_STATS`, at `ifindex & (SLOTS - 1)`.
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         CGROUP_STATS,
         TC_CGROUP_STATS,
         IFACE_STATS,
@@ -405,6 +418,7 @@ pub mod maps {
         CGROUP_SLOTS,
         TC_CGROUP_SLOTS,
         VETH_SLOTS,
+        IFACE_SLOTS,
     ];
 }
 
@@ -469,6 +483,8 @@ mod user {
     unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IterAcc {}
     // SAFETY: as above.

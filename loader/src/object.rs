@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::MapType;
 use cgacct_common::{
     classes, globals, maps, overflow, programs as prog, ClassConfig, ClassKey, ClassName, Counters, Departed,
-    Dying, IfaceCounters, IterAcc, Removed, Slot, SLOTS,
+    Dying, IfaceCounters, IfaceSlot, IterAcc, Removed, Slot, SLOTS,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use serde::Serialize;
@@ -168,7 +168,7 @@ pub fn class_entries(sizes: &MapSizes) -> u32 {
 }
 
 /// The maps this build and layout need on kernel `k`, by name.
-pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 24] {
+pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 25] {
     let shape = |kind, key_size, value_size: usize, max_entries| MapShape {
         kind,
         key_size,
@@ -252,6 +252,10 @@ pub fn wanted_maps(sizes: &MapSizes, k: Kernel) -> [(&'static str, MapShape); 24
         (maps::CGROUP_SLOTS, slots),
         (maps::TC_CGROUP_SLOTS, slots),
         (maps::VETH_SLOTS, slots),
+        (
+            maps::IFACE_SLOTS,
+            shape(MapType::PerCpuArray, 4, size_of::<IfaceSlot>(), SLOTS),
+        ),
     ]
 }
 

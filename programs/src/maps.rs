@@ -14,8 +14,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use cgacct_common::{
-    classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IfaceCounters, IterAcc,
-    Removed, Slot, SLOTS, SUM_WORDS,
+    classes, overflow, ClassConfig, ClassKey, ClassName, Counters, Departed, Dying, IfaceCounters, IfaceSlot,
+    IterAcc, Removed, Slot, SLOTS, SUM_WORDS,
 };
 
 /// Flags of the per-CPU counter maps: entries allocated when first used.
@@ -66,6 +66,10 @@ pub static IFACE_OWNER_GEN: Array<u64, 1> = Array::new();
 /// the owner's side (rx = towards it, tx = from it).
 #[btf_map]
 pub static VETH_STATS: CounterMap<u64, 16384> = CounterMap::new();
+
+/// Slots of `IFACE_STATS` (see [`IfaceSlot`]).
+#[btf_map]
+pub static IFACE_SLOTS: PerCpuArray<IfaceSlot, { SLOTS as usize }> = PerCpuArray::new();
 
 /// Slots of `VETH_STATS` (see [`Slot`]).
 #[btf_map]

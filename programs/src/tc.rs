@@ -14,13 +14,14 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::generated::bpf_skb_cgroup_id, macros::classifier, programs::TcContext,
 };
-use cgacct_common::{overflow, IfaceCounters};
+use cgacct_common::{overflow, IfaceCounters, SLOTS};
 
 use crate::{
     account::{add_cgroup, bump, counters, overflow as add_overflow, Direction},
     fold::Family,
     maps::{
-        IFACE_OWNER, IFACE_OWNER_GEN, IFACE_STATS, TC_CGROUP_SLOTS, TC_CGROUP_STATS, VETH_SLOTS, VETH_STATS,
+        IFACE_OWNER, IFACE_OWNER_GEN, IFACE_SLOTS, IFACE_STATS, TC_CGROUP_SLOTS, TC_CGROUP_STATS, VETH_SLOTS,
+        VETH_STATS,
     },
     measure::measure,
 };
@@ -76,14 +77,16 @@ fn count(ctx: &TcContext, dir: Direction) {
     }
 }
 
-/// Adds one skb to `IFACE_STATS[ifindex]` on this CPU's slot (or the
-/// overflow bucket when the map is full) and returns the interface's
+/// Adds one skb to interface `ifindex`'s value on this CPU: its slot of
+/// `IFACE_SLOTS` where it holds one or takes a free one, else
+/// `IFACE_STATS[ifindex]` (or the overflow bucket when that map is full),
+/// and returns the interface's
 /// owner, 0 for none: the one cached in the slot while the loader has not
 /// changed `IFACE_OWNER` since, else looked up and cached again.
 #[inline(always)]
 fn add_iface(ifindex: u32, dir: Direction, bytes: u64, packets: u64) -> u64 {
     let generation = owner_generation();
-    let slot = match IFACE_STATS.get_ptr_mut(&ifindex) {
+    let slot = match iface_slot(ifindex).or_else(|| IFACE_STATS.get_ptr_mut(&ifindex)) {
         Some(slot) => slot,
         None => {
             let fresh = IfaceCounters {
@@ -113,6 +116,26 @@ fn add_iface(ifindex: u32, dir: Direction, bytes: u64, packets: u64) -> u64 {
         slot.owner_gen = generation;
     }
     slot.owner
+}
+
+/// This CPU's value of `ifindex` in `IFACE_SLOTS`: the slot it holds, or
+/// the free slot it takes now (its owner not looked up yet: generation 0).
+#[inline(always)]
+fn iface_slot(ifindex: u32) -> Option<*mut IfaceCounters> {
+    if ifindex == 0 {
+        return None;
+    }
+    let s = IFACE_SLOTS.get_ptr_mut(ifindex & (SLOTS - 1))?;
+    // SAFETY: this CPU's slot, not preempted while the program runs.
+    let s = unsafe { &mut *s };
+    if s.ifindex != u64::from(ifindex) {
+        if s.ifindex != 0 {
+            return None;
+        }
+        s.ifindex = u64::from(ifindex);
+        s.value = IfaceCounters::default();
+    }
+    Some(&raw mut s.value)
 }
 
 /// The generation of `IFACE_OWNER` (see [`IfaceCounters`]); 0 before the

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use cgacct_common::{
     health::maps as health_maps, maps, ClassKey, Counters, Departed, Health, HealthAcc, IfaceCounters,
-    Removed, Slot,
+    IfaceSlot, Removed, Slot,
 };
 
 use crate::sys;
@@ -57,7 +57,11 @@ pub fn replace_map(name: &str, pin: &Path, new: &mut Map, keep: bool) -> Result<
     fs::rename(&next, pin).with_context(|| format!("renaming {} to {}", next.display(), pin.display()))?;
     if !keep {
         if let Some(slots) = slots_of(name) {
-            clear_slots(&pin.with_file_name(slots.to_ascii_lowercase()))?;
+            let slots = pin.with_file_name(slots.to_ascii_lowercase());
+            match name {
+                maps::IFACE_STATS => clear_slots::<IfaceSlot>(&slots)?,
+                _ => clear_slots::<Slot>(&slots)?,
+            }
         }
     }
     Ok(())
@@ -69,21 +73,22 @@ fn slots_of(name: &str) -> Option<&'static str> {
         maps::CGROUP_STATS => Some(maps::CGROUP_SLOTS),
         maps::TC_CGROUP_STATS => Some(maps::TC_CGROUP_SLOTS),
         maps::VETH_STATS => Some(maps::VETH_SLOTS),
+        maps::IFACE_STATS => Some(maps::IFACE_SLOTS),
         _ => None,
     }
 }
 
 /// Frees every CPU's every slot of the slot array pinned at `pin` (if the
 /// root has it): a map reset without its counters drops theirs too.
-fn clear_slots(pin: &Path) -> Result<()> {
+fn clear_slots<V: aya::Pod + Default>(pin: &Path) -> Result<()> {
     if !pin.exists() {
         return Ok(());
     }
     let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
-    let mut slots: PerCpuArray<MapData, Slot> = Map::PerCpuArray(data).try_into()?;
+    let mut slots: PerCpuArray<MapData, V> = Map::PerCpuArray(data).try_into()?;
     let cpus = crate::observe::kernel::nr_cpus()? as usize;
     for i in 0..slots.len() {
-        let free = PerCpuValues::try_from(vec![Slot::default(); cpus])?;
+        let free = PerCpuValues::try_from((0..cpus).map(|_| V::default()).collect::<Vec<_>>())?;
         slots
             .set(i, free, 0)
             .with_context(|| format!("freeing slot {i} of {}", pin.display()))?;

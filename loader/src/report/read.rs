@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapType, PerCpuArray, PerCpuHashMap};
-use cgacct_common::{maps, ClassKey, Counters, IfaceCounters, Slot};
+use cgacct_common::{maps, ClassKey, Counters, IfaceCounters, IfaceSlot, Slot};
 
 use crate::{
     bpffs::Pins,
@@ -46,6 +46,35 @@ pub fn iface_totals(path: &Path) -> Result<BTreeMap<u32, Counters>> {
         totals::<u32, Counters>(path)
     } else {
         totals::<u32, IfaceCounters>(path)
+    }
+}
+
+/// [`iface_totals`] with the counters of the interfaces' slot array at
+/// `slots` added, if the root has it.
+pub fn iface_totals_with_slots(path: &Path, slots: &Path) -> Result<BTreeMap<u32, Counters>> {
+    let mut totals = iface_totals(path)?;
+    if slots.exists() {
+        for (ifindex, c) in slot_array::<IfaceSlot>(slots)? {
+            totals.entry(ifindex as u32).or_default().add(&c);
+        }
+    }
+    Ok(totals)
+}
+
+/// A slot array's entry: the id it is held by (0: free) and its counts.
+pub trait SlotValue: aya::Pod {
+    fn held(&self) -> (u64, Counters);
+}
+
+impl SlotValue for Slot {
+    fn held(&self) -> (u64, Counters) {
+        (self.id, self.counters)
+    }
+}
+
+impl SlotValue for IfaceSlot {
+    fn held(&self) -> (u64, Counters) {
+        (self.ifindex, self.value.counters)
     }
 }
 
@@ -122,9 +151,14 @@ pub fn totals_batch<K: aya::Pod + Ord, V: CounterValue>(
 /// [`Slot`]): every CPU's slots, each added to the cgroup that holds it.
 /// Read in batches where the kernel has them, else index by index.
 pub fn slot_totals(path: &Path) -> Result<BTreeMap<u64, Counters>> {
+    slot_array::<Slot>(path)
+}
+
+/// [`slot_totals`] of a slot array of values `V`.
+fn slot_array<V: SlotValue>(path: &Path) -> Result<BTreeMap<u64, Counters>> {
     let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let info = data.info()?;
-    let value_size = size_of::<Slot>();
+    let value_size = size_of::<V>();
     if info.key_size() != 4 || info.value_size() as usize != value_size {
         bail!(
             "map {} has key size {} and value size {}, expected 4 and {value_size}",
@@ -138,9 +172,10 @@ pub fn slot_totals(path: &Path) -> Result<BTreeMap<u64, Counters>> {
     let mut out: BTreeMap<u64, Counters> = BTreeMap::new();
     // A slot without counts adds nothing (and names no cgroup: a slot
     // held by an id of no cgroup never counts).
-    let mut add = |s: &Slot| {
-        if s.id != 0 && s.counters.any() != 0 {
-            out.entry(s.id).or_default().add(&s.counters);
+    let mut add = |s: &V| {
+        let (id, c) = s.held();
+        if id != 0 && c.any() != 0 {
+            out.entry(id).or_default().add(&c);
         }
     };
     let mut keys = vec![0u8; entries * 4];
@@ -161,8 +196,8 @@ pub fn slot_totals(path: &Path) -> Result<BTreeMap<u64, Counters>> {
             other => other.with_context(|| format!("reading {}", path.display()))?,
         };
         for v in values[..got as usize * value_size * cpus].chunks_exact(value_size) {
-            // SAFETY: `value_size` bytes the kernel wrote; Slot is Pod.
-            add(&unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<Slot>()) });
+            // SAFETY: `value_size` bytes the kernel wrote; V is Pod.
+            add(&unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<V>()) });
         }
         read += got as usize;
         if !more || read >= entries {
@@ -170,7 +205,7 @@ pub fn slot_totals(path: &Path) -> Result<BTreeMap<u64, Counters>> {
         }
     }
     // No batch reads of arrays (Linux < 5.6): index by index.
-    let array: PerCpuArray<MapData, Slot> = Map::PerCpuArray(data).try_into()?;
+    let array: PerCpuArray<MapData, V> = Map::PerCpuArray(data).try_into()?;
     for i in 0..info.max_entries() {
         for s in array.get(&i, 0)?.iter() {
             add(s);
@@ -255,7 +290,7 @@ pub fn snapshot(pins: &Pins) -> Result<Snapshot> {
                 &pins.map(maps::TC_CGROUP_SLOTS),
             )
         });
-        let interfaces = iface_totals(&pins.map(maps::IFACE_STATS))?;
+        let interfaces = iface_totals_with_slots(&pins.map(maps::IFACE_STATS), &pins.map(maps::IFACE_SLOTS))?;
         // Roots made before owners existed have no such map yet.
         let veth = if pins.map(maps::VETH_STATS).exists() {
             with_slots(
