@@ -67,6 +67,16 @@ fn cgroups_sharing_a_slot_are_counted_apart_and_a_removed_one_frees_it() {
     let pins = Pins::new(&w.root, true);
     let slots = || read::slot_totals(&pins.map(maps::CGROUP_SLOTS)).expect("slots");
     let entries = || read::map_totals::<u64>(&pins.map(maps::CGROUP_STATS)).expect("map");
+    // Below 5.19 the cgroup maps are shared hashes and no slot is taken:
+    // the counts must be exact all the same.
+    let shared = aya::maps::MapInfo::from_pin(pins.map(maps::CGROUP_STATS))
+        .expect("map info")
+        .map_type()
+        .expect("map type")
+        == aya::maps::MapType::Hash;
+    if shared {
+        eprintln!("note: shared counter maps on this kernel: no cgroup slots, counts checked alone");
+    }
     const P: u64 = 64 + 28;
 
     subtest("first_holds_the_slot_second_counts_in_the_map", || {
@@ -80,6 +90,9 @@ fn cgroups_sharing_a_slot_are_counted_apart_and_a_removed_one_frees_it() {
         assert_eq!(w.stat(&b)["self_tx_bytes"], 7 * P);
         assert_eq!(w.status_stat(&a)["self_tx_packets"], 5);
         assert_eq!(w.status_stat(&b)["self_tx_packets"], 7);
+        if shared {
+            return;
+        }
         // Where the counts are: a in its slot, b in the map (on CPU 0).
         let (s, e) = (slots(), entries());
         assert_eq!(s.get(&id_a).map(|c| c.tx_packets), Some(5), "slots {s:?}");
@@ -97,7 +110,9 @@ fn cgroups_sharing_a_slot_are_counted_apart_and_a_removed_one_frees_it() {
         assert_eq!(slots().get(&id_a), None);
         // The next packet of b on CPU 0 takes the freed slot.
         on_cpu0(|| w.send_udp(&b, false, 8, 64));
-        assert_eq!(slots().get(&id_b).map(|c| c.tx_packets), Some(8));
+        if !shared {
+            assert_eq!(slots().get(&id_b).map(|c| c.tx_packets), Some(8));
+        }
         assert_eq!(w.stat(&b)["self_tx_packets"], 15);
         assert_eq!(w.stat(&b)["self_tx_bytes"], 15 * P);
         assert_eq!(w.stat("")["tx_packets"], 20);
