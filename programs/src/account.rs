@@ -28,7 +28,7 @@ pub enum Direction {
 #[inline(always)]
 pub fn add_cgroup<const N: usize>(
     map: &CounterMap<u64, N>,
-    slots: Option<&SlotArray>,
+    slots: &SlotArray,
     id: u64,
     family: Family,
     dir: Direction,
@@ -36,9 +36,9 @@ pub fn add_cgroup<const N: usize>(
     packets: u64,
 ) {
     let shared = shared_counters();
-    let slot = match slots {
-        Some(s) if !shared && id != 0 => s.get_ptr_mut(id as u32 & (SLOTS - 1)),
-        _ => None,
+    let slot = match shared || id == 0 {
+        true => None,
+        false => slots.get_ptr_mut(id as u32 & (SLOTS - 1)),
     };
     if let Some(s) = slot {
         // SAFETY: this CPU's slot, not preempted while the program runs.

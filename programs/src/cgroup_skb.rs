@@ -37,7 +37,7 @@ fn count(ctx: &SkBuffContext, dir: Direction) {
     let (bytes, packets) = measure(skb, 0);
     add_cgroup(
         &CGROUP_STATS,
-        Some(&CGROUP_SLOTS),
+        &CGROUP_SLOTS,
         cgroup_id,
         Family::Socket,
         dir,

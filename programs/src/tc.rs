@@ -52,7 +52,7 @@ fn count(ctx: &TcContext, dir: Direction) {
     let (bytes, packets) = measure(skb, ETH_HLEN);
     add_cgroup(
         &TC_CGROUP_STATS,
-        Some(&TC_CGROUP_SLOTS),
+        &TC_CGROUP_SLOTS,
         cgroup_id,
         Family::Tc,
         dir,
@@ -67,7 +67,7 @@ fn count(ctx: &TcContext, dir: Direction) {
         };
         add_cgroup(
             &VETH_STATS,
-            Some(&VETH_SLOTS),
+            &VETH_SLOTS,
             owner,
             Family::Veth,
             owner_dir,
